@@ -1,0 +1,51 @@
+"""tiec: Temporal-Interpolated Encoder Caching for diffusion sampling.
+
+The encoder of a UNet or DiT runs only at *key* steps; the decoder runs every step from encoder
+features blended in time (interpolation between keys, extrapolation past the newest). The core
+needs torch only; adapters for diffusers, timm and k-diffusion live in :mod:`tiec.adapters` and are
+imported lazily.
+"""
+
+from ._errors import TiecError, TiecNotImplementedError, TiecTypeError, TiecValueError
+from .blend import Features, weighted_sum
+from .cache import EncoderCache
+from .cached_model import CachedModel
+from .coordinates import scheduler_log_sigmas
+from .guidance import ClassifierFreeGuidance
+from .loop import NoiseInjection, SampleResult, StepInfo, sample
+from .policies import Hold, Linear, Policy, Polynomial, get_policy, lagrange_weights
+from .protocol import Split, decode_batch
+from .schedules import KeySchedule, every_step, explicit, get_schedule, preset, uniform
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "CachedModel",
+    "ClassifierFreeGuidance",
+    "EncoderCache",
+    "Features",
+    "Hold",
+    "KeySchedule",
+    "Linear",
+    "NoiseInjection",
+    "Policy",
+    "Polynomial",
+    "SampleResult",
+    "Split",
+    "StepInfo",
+    "TiecError",
+    "TiecNotImplementedError",
+    "TiecTypeError",
+    "TiecValueError",
+    "decode_batch",
+    "every_step",
+    "explicit",
+    "get_policy",
+    "get_schedule",
+    "lagrange_weights",
+    "preset",
+    "sample",
+    "scheduler_log_sigmas",
+    "uniform",
+    "weighted_sum",
+]

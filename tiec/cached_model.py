@@ -1,0 +1,221 @@
+"""A cached model for sampling loops that are not tiec's (custom samplers, pipelines, k-diffusion).
+
+:class:`CachedModel` is a stateful callable ``(x, t, **cond) -> output``. Each call decides from the
+time *value* ``t`` -- never from a call counter -- whether it is a key (run the encoder, store the
+features) or not (blend cached features), then runs the decoder.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+
+from ._errors import TiecTypeError, TiecValueError
+from .blend import Features
+from .cache import EncoderCache
+from .policies import Linear, PolicyLike
+from .protocol import Split
+from .schedules import KeysLike, get_schedule
+
+__all__ = ["CachedModel"]
+
+CoordinateLike = Union[str, Callable[[float], float]]
+
+
+def _scalar_time(t: Any) -> Optional[float]:
+    """The call's time as a float, or ``None`` when samples carry different times."""
+    if isinstance(t, torch.Tensor):
+        if t.numel() == 0:
+            raise TiecValueError("t must hold at least one time, got an empty tensor")
+        flat = t.detach().reshape(-1)
+        if flat.numel() > 1 and not bool((flat == flat[0]).all()):
+            return None
+        return float(flat[0])
+    if isinstance(t, (int, float)) and not isinstance(t, bool):
+        return float(t)
+    raise TiecTypeError(f"t must be a number or a tensor, got {type(t).__name__} {t!r}")
+
+
+class CachedModel:
+    """Wrap a :class:`~tiec.Split` as a model that runs the encoder only at key steps.
+
+    Steps are *distinct time values*. With ``timesteps`` (the times the sampler will call, highest
+    first) the step of a call is found by value, with a relative tolerance of ``1e-5``; a time
+    between two scheduled times is a sub-step of the earlier (noisier) step, a key exactly when that
+    step is. Without ``timesteps``, each new distinct time is the next step. Calls at the same time
+    (second-order solvers) share a step; a key call there replaces the stored features.
+
+    A new trajectory starts -- the cache is emptied and the first call is a key -- when ``t`` goes
+    up, when the input's shape, dtype or device changes, or on :meth:`reset`.
+
+    Calls whose samples carry different times cannot share cached features; they run the full model
+    and leave the cache alone.
+
+    Args:
+        split: the model as an encoder/decoder split.
+        keys: key schedule over steps (see :func:`tiec.get_schedule`); ``None`` means every step.
+        policy: blend policy (``"hold"``, ``"linear"``, ``"polynomial(k)"``).
+        timesteps: the sampler's times, highest first (e.g. ``scheduler.timesteps``). Needed for
+            schedules with a ``tail`` and for the ``"step"`` coordinate at sub-steps.
+        coordinate: what the cache blends over: ``"t"`` (the call's time), ``"step"`` (the step
+            position, fractional at sub-steps), or a function of ``t`` (e.g. ``t -> log σ(t)``).
+        check_finite: reject non-finite features at keys.
+
+    Example:
+        >>> class Split:
+        ...     def encode(self, x, t):
+        ...         return (x * 2,)
+        ...     def decode(self, features, t):
+        ...         return features[0] + t
+        >>> model = CachedModel(Split(), keys="every:2", policy="hold")
+        >>> [float(model(torch.ones(1), t)) for t in (3.0, 2.0, 1.0)]
+        [5.0, 4.0, 3.0]
+        >>> model.encoder_calls, model.decoder_calls
+        (2, 3)
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        *,
+        keys: KeysLike = None,
+        policy: PolicyLike = Linear(),
+        timesteps: Optional[Sequence[Any]] = None,
+        coordinate: CoordinateLike = "t",
+        check_finite: bool = False,
+    ) -> None:
+        if not (hasattr(split, "encode") and hasattr(split, "decode")):
+            raise TiecTypeError(f"split must have encode() and decode(), got {type(split).__name__}")
+        if not (callable(coordinate) or coordinate in ("t", "step")):
+            raise TiecValueError(
+                f"coordinate must be 't', 'step' or a function of t, got {coordinate!r}"
+            )
+        self.split = split
+        self.schedule = get_schedule(keys)
+        self.coordinate = coordinate
+        self.cache = EncoderCache(policy, check_finite=check_finite)
+        self._times: Optional[list[float]] = None
+        self._key_steps: frozenset[int] = frozenset()
+        if timesteps is not None:
+            self.set_timesteps(timesteps)
+        self.reset()
+
+    # -- configuration and state ---------------------------------------------------------------
+    def set_timesteps(self, timesteps: Sequence[Any]) -> None:
+        """Tell the model the times of the next runs (highest first); starts a new trajectory."""
+        times = [float(t) for t in timesteps]
+        distinct = [t for i, t in enumerate(times) if i == 0 or t != times[i - 1]]
+        if not distinct:
+            raise TiecValueError("timesteps must not be empty")
+        if any(b >= a for a, b in zip(distinct, distinct[1:])):
+            raise TiecValueError(
+                f"timesteps must decrease (repeats allowed for second-order solvers), got {times}"
+            )
+        self._times = distinct
+        self._key_steps = frozenset(self.schedule.key_steps(len(distinct)))
+        self.new_trajectory()
+
+    def new_trajectory(self) -> None:
+        """Empty the cache and forget the last call; counters are kept."""
+        self.cache.reset()
+        self._last_time: Optional[float] = None
+        self._last_input: Optional[tuple[Any, ...]] = None
+        self._distinct_seen = -1
+
+    def reset(self) -> None:
+        """Return to the freshly built state: empty cache, zero counters (the timesteps are kept)."""
+        self.new_trajectory()
+        self.encoder_calls = 0
+        self.decoder_calls = 0
+        self.trajectories = 0
+
+    @property
+    def policy(self) -> Any:
+        return self.cache.policy
+
+    def __repr__(self) -> str:
+        steps = "open-ended" if self._times is None else f"{len(self._times)} steps"
+        return (
+            f"CachedModel(split={type(self.split).__name__}, keys='{self.schedule}', "
+            f"policy={self.policy!r}, coordinate={self.coordinate!r}, {steps}, "
+            f"encoder_calls={self.encoder_calls}, decoder_calls={self.decoder_calls})"
+        )
+
+    # -- decisions -----------------------------------------------------------------------------
+    def _position(self, time: float) -> float:
+        """Fractional step position of ``time`` in the known timesteps."""
+        assert self._times is not None
+        times = self._times
+        for i, ref in enumerate(times):
+            if math.isclose(time, ref, rel_tol=1e-5, abs_tol=1e-9):
+                return float(i)
+        if time > times[0]:
+            raise TiecValueError(
+                f"t={time} lies above the first scheduled time {times[0]}; call set_timesteps() "
+                "with the times the sampler uses"
+            )
+        ascending = [-v for v in times]
+        k = bisect.bisect_right(ascending, -time) - 1  # times[k] > time > times[k + 1]
+        if k == len(times) - 1:
+            return float(k)
+        return k + (times[k] - time) / (times[k] - times[k + 1])
+
+    def _step(self, time: float) -> tuple[float, bool]:
+        """(position, is_key) for a call at ``time`` in the current trajectory."""
+        if self._times is not None:
+            position = self._position(time)
+            return position, math.floor(position) in self._key_steps
+        index = self._distinct_seen + (time != self._last_time)
+        return float(index), self.schedule.is_key_open_ended(index)
+
+    def _tau(self, time: float, position: float) -> float:
+        if self.coordinate == "t":
+            return time
+        if self.coordinate == "step":
+            return position
+        return float(self.coordinate(time))  # type: ignore[operator]
+
+    # -- the call ------------------------------------------------------------------------------
+    def __call__(self, x: torch.Tensor, t: Any, **cond: Any) -> torch.Tensor:
+        """Evaluate the model at ``(x, t)``: encoder at keys, blended features otherwise."""
+        if not isinstance(x, torch.Tensor):
+            raise TiecTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        time = _scalar_time(t)
+        if time is None:  # mixed times in one batch: no shared features to cache
+            self.encoder_calls += 1
+            self.decoder_calls += 1
+            return self.split.decode(self.split.encode(x, t, **cond), t, **cond)
+        signature = (tuple(x.shape), x.dtype, x.device)
+        fresh = (
+            self._last_time is None
+            or time > self._last_time
+            or signature != self._last_input
+        )
+        if fresh:
+            self.new_trajectory()
+        position, is_key = self._step(time)
+        tau = self._tau(time, position)
+        if is_key or len(self.cache) == 0:
+            features: Features = self.split.encode(x, t, **cond)
+            self._push(tau, features)
+            self.encoder_calls += 1
+        else:
+            features = self.cache.get(tau)
+        output = self.split.decode(features, t, **cond)
+        self.decoder_calls += 1
+        if fresh:
+            self.trajectories += 1
+        if time != self._last_time:
+            self._distinct_seen += 1
+        self._last_time = time
+        self._last_input = signature
+        return output
+
+    def _push(self, tau: float, features: Features) -> None:
+        if not self.cache.accepts(features):
+            # The features changed structure (a conditioning batch change): start over.
+            self.cache.reset()
+        self.cache.push(tau, features)

@@ -1,0 +1,238 @@
+"""``tiec.sample``: a scheduler-agnostic sampling loop over a split, with encoder caching.
+
+The loop drives any object with diffusers' scheduler interface -- ``set_timesteps``, ``timesteps``,
+``init_noise_sigma``, ``scale_model_input(x, t)`` and ``step(output, t, x, **kw).prev_sample`` --
+without importing diffusers. All per-run state (the cache, counters) is local to one call, so
+nothing leaks between runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+
+from ._errors import TiecTypeError, TiecValueError
+from .cache import EncoderCache
+from .coordinates import coordinate_values
+from .guidance import ClassifierFreeGuidance
+from .policies import Linear, PolicyLike
+from .progress import progress_bar
+from .protocol import Split, decode_batch
+from .schedules import KeysLike, get_schedule
+
+__all__ = ["sample", "SampleResult", "StepInfo", "NoiseInjection"]
+
+
+@dataclass(frozen=True)
+class NoiseInjection:
+    """FasterDiffusion's prior noise injection: before each scheduler step with ``t < t_max``, add
+    ``alpha * x_T`` to the latent, where ``x_T`` is the starting noise as passed to :func:`sample`.
+
+    Args:
+        alpha: the injection strength (FasterDiffusion's code uses 0.003).
+        t_max: inject only at model timesteps strictly below this (500 of 1000 by default).
+    """
+
+    alpha: float = 0.003
+    t_max: float = 500.0
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "t_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TiecValueError(f"NoiseInjection.{name} must be a finite number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What the ``callback`` of :func:`sample` receives after each scheduler step."""
+
+    index: int
+    """Position in ``scheduler.timesteps`` (one model evaluation)."""
+    timestep: Any
+    """The scheduler's timestep for this evaluation."""
+    sample: torch.Tensor
+    """The latent after the scheduler step."""
+    model_output: torch.Tensor
+    """The (guided) model output the scheduler stepped with."""
+    is_key: bool
+    """Whether the encoder ran at this step."""
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """The final latent of :func:`sample` and what it cost."""
+
+    sample: torch.Tensor
+    key_steps: tuple[int, ...]
+    encoder_calls: int
+    decoder_calls: int
+    coordinate: str
+    num_steps: int
+
+    @property
+    def key_fraction(self) -> float:
+        """Fraction of the model evaluations that ran the encoder."""
+        return len(self.key_steps) / self.num_steps
+
+
+def _noise_injection(value: NoiseInjection | bool | None) -> Optional[NoiseInjection]:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return NoiseInjection()
+    if isinstance(value, NoiseInjection):
+        return value
+    raise TiecTypeError(
+        f"noise_injection must be None, a bool or a NoiseInjection, got {type(value).__name__}"
+    )
+
+
+def sample(
+    split: Split,
+    scheduler: Any,
+    latents: torch.Tensor,
+    *,
+    num_inference_steps: Optional[int] = None,
+    keys: KeysLike = None,
+    policy: PolicyLike = Linear(),
+    coordinate: str = "auto",
+    cond: Optional[Mapping[str, Any]] = None,
+    guidance: Optional[float] = None,
+    uncond: Optional[Mapping[str, Any]] = None,
+    guided_channels: Optional[int] = None,
+    parallel_decode: bool = False,
+    max_parallel: int = 8,
+    noise_injection: NoiseInjection | bool | None = None,
+    step_kwargs: Optional[Mapping[str, Any]] = None,
+    callback: Optional[Callable[[StepInfo], None]] = None,
+    progress: bool = False,
+) -> SampleResult:
+    """Sample with a diffusers-style scheduler, running the encoder only at key steps.
+
+    Non-key steps decode features blended from the cached keys (:class:`~tiec.EncoderCache`). With
+    every step a key (the default, ``keys=None``) the result equals the plain loop
+    ``x = scheduler.step(model(scheduler.scale_model_input(x, t), t), t, x).prev_sample`` bit for bit.
+
+    Args:
+        split: the model as an encoder/decoder :class:`~tiec.Split`.
+        scheduler: a diffusers-style scheduler (duck typed).
+        latents: starting noise ``x_T`` with unit variance, batch in dim 0; it is multiplied by
+            ``scheduler.init_noise_sigma`` as diffusers' ``prepare_latents`` does.
+        num_inference_steps: when given, ``scheduler.set_timesteps(num_inference_steps)`` is called;
+            otherwise the scheduler's current ``timesteps`` are used.
+        keys: the key schedule over positions in ``scheduler.timesteps`` (model evaluations):
+            ``None``/"all" (every step), an int ``n`` (every n-th), ``"every:N"``, a preset name, a
+            list of indices, or a :class:`~tiec.KeySchedule`.
+        policy: ``"hold"``, ``"linear"`` (default), ``"polynomial(k)"`` or a :class:`~tiec.Policy`.
+        coordinate: what the cache blends over: ``"t"``, ``"log_sigma"``, ``"step"``, or ``"auto"``
+            (log σ when the scheduler tells σ, else t).
+        cond: keyword conditioning passed to ``encode`` and ``decode`` (batch ``B`` tensors).
+        guidance: classifier-free guidance scale; needs ``uncond``. Both halves are cached together.
+        uncond: the unconditional counterparts of ``cond``'s entries (see
+            :class:`~tiec.ClassifierFreeGuidance`).
+        guided_channels: guide only the first channels (learned-variance models).
+        parallel_decode: decode all non-key steps of a segment in one batched decoder call, then
+            step the scheduler through them in order. Equal to sequential decoding up to float
+            rounding; pays off where one evaluation leaves the device idle.
+        max_parallel: at most this many steps per batched decoder call.
+        noise_injection: ``True`` for FasterDiffusion's defaults, or a :class:`NoiseInjection`.
+        step_kwargs: extra keywords for ``scheduler.step`` (``generator``, ``eta``, ...).
+        callback: called with a :class:`StepInfo` after every scheduler step.
+        progress: show a progress bar (needs ``tqdm``).
+
+    Returns:
+        A :class:`SampleResult` with the final latent and the counts of encoder and decoder calls.
+
+    Example:
+        >>> import torch
+        >>> from diffusers import DDIMScheduler
+        >>> class Split:  # a tiny denoiser: encoder = conv, decoder = linear head with time
+        ...     def __init__(self):
+        ...         self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        ...     def encode(self, x, t):
+        ...         return (self.conv(x),)
+        ...     def decode(self, features, t):
+        ...         t = torch.as_tensor(t).reshape(-1, 1, 1, 1) / 1000
+        ...         return features[0].mean(1, keepdim=True) * (1 - t)
+        >>> scheduler = DDIMScheduler()
+        >>> noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+        >>> with torch.no_grad():
+        ...     result = sample(Split(), scheduler, noise, num_inference_steps=10, keys="every:3")
+        >>> result.key_steps, result.encoder_calls, result.decoder_calls
+        ((0, 3, 6, 9), 4, 10)
+    """
+    if not (hasattr(split, "encode") and hasattr(split, "decode")):
+        raise TiecTypeError(f"split must have encode() and decode(), got {type(split).__name__}")
+    if not isinstance(latents, torch.Tensor):
+        raise TiecTypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+    if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
+        raise TiecValueError(f"max_parallel must be an int >= 1, got {max_parallel!r}")
+    schedule = get_schedule(keys)
+    injection = _noise_injection(noise_injection)
+    cache = EncoderCache(policy)
+    cond = dict(cond or {})
+    step_kwargs = dict(step_kwargs or {})
+    if guidance is not None:
+        if uncond is None:
+            raise TiecValueError("guidance needs `uncond`, the unconditional conditioning")
+        split = ClassifierFreeGuidance(split, guidance, uncond, guided_channels=guided_channels)
+    elif uncond is not None:
+        raise TiecValueError("uncond was given without `guidance`; pass guidance=<scale>")
+
+    if num_inference_steps is not None:
+        scheduler.set_timesteps(num_inference_steps)
+    timesteps = list(scheduler.timesteps)
+    if not timesteps:
+        raise TiecValueError("scheduler.timesteps is empty: call scheduler.set_timesteps(n) first")
+    num_steps = len(timesteps)
+    key_steps = schedule.key_steps(num_steps)
+    key_set = set(key_steps)
+    used_coordinate, taus = coordinate_values(coordinate, scheduler, timesteps)
+
+    noise = latents
+    x = latents * scheduler.init_noise_sigma
+    encoder_calls = decoder_calls = 0
+
+    def advance(i: int, output: torch.Tensor) -> None:
+        nonlocal x
+        t = timesteps[i]
+        if injection is not None and float(t) < injection.t_max:
+            x = x + injection.alpha * noise
+        x = scheduler.step(output, t, x, **step_kwargs).prev_sample
+        if callback is not None:
+            callback(StepInfo(i, t, x, output, i in key_set))
+
+    with progress_bar(total=num_steps, enabled=progress, desc="tiec") as bar:
+        i = 0
+        while i < num_steps:
+            t = timesteps[i]
+            x_in = scheduler.scale_model_input(x, t)
+            if i in key_set:
+                features = split.encode(x_in, t, **cond)
+                cache.push(taus[i], features)
+                encoder_calls += 1
+                decoder_calls += 1
+                advance(i, split.decode(features, t, **cond))
+                i += 1
+                bar.update(1)
+                continue
+            end = i
+            limit = max_parallel if parallel_decode else 1
+            while end < num_steps and end not in key_set and end - i < limit:
+                end += 1
+            segment = range(i, end)
+            outputs = decode_batch(
+                split, [cache.get(taus[j]) for j in segment], [timesteps[j] for j in segment], cond
+            )
+            decoder_calls += 1
+            for j, output in zip(segment, outputs):
+                if j != i:  # keep the scheduler's own bookkeeping identical to the plain loop
+                    scheduler.scale_model_input(x, timesteps[j])
+                advance(j, output)
+                bar.update(1)
+            i = end
+    return SampleResult(x, key_steps, encoder_calls, decoder_calls, used_coordinate, num_steps)
