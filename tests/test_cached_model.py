@@ -1,0 +1,165 @@
+import gc
+import weakref
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, HeunDiscreteScheduler
+
+from tiec import CachedModel, uniform
+from toy import CountingSplit, make_toy
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_toy()
+
+
+def x(batch=2, seed=0):
+    return torch.randn(batch, 2, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def run(model_fn, scheduler, steps, latents):
+    scheduler.set_timesteps(steps)
+    sample = latents * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        out = model_fn(scheduler.scale_model_input(sample, t), t)
+        sample = scheduler.step(out, t, sample).prev_sample
+    return sample
+
+
+@pytest.mark.parametrize("scheduler_cls", [DDIMScheduler, HeunDiscreteScheduler], ids=lambda c: c.__name__)
+@torch.no_grad()
+def test_every_step_a_key_equals_the_model(model, scheduler_cls):
+    expected = run(model, scheduler_cls(), 6, x())
+    cached = CachedModel(model)
+    assert torch.equal(run(cached, scheduler_cls(), 6, x()), expected)
+    assert cached.encoder_calls == cached.decoder_calls
+
+
+@torch.no_grad()
+def test_sparse_keys_from_timesteps(model):
+    scheduler = DDIMScheduler()
+    scheduler.set_timesteps(10)
+    split = CountingSplit(model)
+    cached = CachedModel(split, keys="every:3", timesteps=scheduler.timesteps)
+    run(cached, scheduler, 10, x())
+    assert split.encode_calls == cached.encoder_calls == 4  # steps 0, 3, 6, 9
+    assert split.decode_calls == 10
+
+
+@torch.no_grad()
+def test_heun_repeated_times_share_a_step(model):
+    scheduler = HeunDiscreteScheduler()
+    scheduler.set_timesteps(6)
+    split = CountingSplit(model)
+    cached = CachedModel(split, keys="every:2", timesteps=scheduler.timesteps)
+    run(cached, scheduler, 6, x())
+    # 6 distinct times, keys at 0, 2, 4; every call at a key time encodes (11 calls in all).
+    times = scheduler.timesteps.tolist()
+    distinct = sorted(set(times), reverse=True)
+    key_times = {distinct[i] for i in (0, 2, 4)}
+    assert split.encode_calls == sum(t in key_times for t in times)
+    assert split.decode_calls == len(times)
+
+
+@torch.no_grad()
+def test_sub_steps_between_scheduled_times(model):
+    split = CountingSplit(model)
+    cached = CachedModel(split, keys=[0, 2], timesteps=[900, 600, 300, 100], coordinate="step")
+    for t in (900, 750, 600, 450, 300, 200, 100):
+        cached(x(), torch.tensor(float(t)))
+    # 900 key, 750 sub-step of key step 0, 600/450 non-key, 300 key, 200 sub-step of key 2, 100 not.
+    assert split.encode_calls == 4
+    assert cached.cache.times == (2.0, 2.5)
+    with pytest.raises(ValueError, match="t=950.0 lies above the first scheduled time 900.0"):
+        cached(x(), 950.0)
+
+
+@torch.no_grad()
+def test_open_ended_counts_distinct_times(model):
+    split = CountingSplit(model)
+    cached = CachedModel(split, keys="every:2", policy="hold")
+    for t in (9.0, 8.0, 8.0, 7.0, 6.0):
+        cached(x(), t)
+    assert split.encode_calls == 2  # 9 is step 0, both calls at 8 are step 1, 7 is step 2
+    assert cached.cache.times == (7.0,)
+
+
+@torch.no_grad()
+def test_new_trajectory_when_time_goes_up_or_shape_changes(model):
+    split = CountingSplit(model)
+    cached = CachedModel(split, keys="every:100")
+    cached(x(), 900.0)
+    cached(x(), 800.0)
+    assert split.encode_calls == 1
+    cached(x(), 950.0)  # time jumps back up: a new run
+    assert split.encode_calls == 2 and cached.trajectories == 2
+    cached(x(batch=3), 900.0)  # batch change
+    assert split.encode_calls == 3
+    cached(x(batch=3)[..., :4, :4], 800.0)  # resolution change
+    assert split.encode_calls == 4 and cached.trajectories == 4
+
+
+@torch.no_grad()
+def test_consecutive_runs_equal_fresh_models(model):
+    shared = CachedModel(model, keys=3, policy="linear")
+    first = run(shared, DDIMScheduler(), 10, x())
+    second = run(shared, DDIMScheduler(), 7, x(batch=3, seed=4))
+    assert torch.equal(first, run(CachedModel(model, keys=3), DDIMScheduler(), 10, x()))
+    assert torch.equal(second, run(CachedModel(model, keys=3), DDIMScheduler(), 7, x(batch=3, seed=4)))
+
+
+@torch.no_grad()
+def test_mixed_times_in_one_batch_run_uncached(model):
+    split = CountingSplit(model)
+    cached = CachedModel(split, keys=100)
+    out = cached(x(), torch.tensor([500.0, 400.0]))
+    assert torch.equal(out, model(x(), torch.tensor([500.0, 400.0])))
+    assert len(cached.cache) == 0 and split.encode_calls == 1
+
+
+@torch.no_grad()
+def test_reset_returns_the_fresh_state_and_releases_tensors(model):
+    cached = CachedModel(model, keys=2)
+    fresh = repr(cached)
+    cached(x(), 900.0)
+    ref = weakref.ref(cached.cache.get(900.0)[0])
+    cached.reset()
+    gc.collect()
+    assert ref() is None
+    assert repr(cached) == fresh
+    assert cached.encoder_calls == cached.decoder_calls == cached.trajectories == 0
+
+
+@torch.no_grad()
+def test_coordinate_function(model):
+    cached = CachedModel(model, keys=2, coordinate=lambda t: t / 1000)
+    cached(x(), 900.0)
+    assert cached.cache.times == (0.9,)
+
+
+def test_errors_leave_the_model_working(model):
+    with pytest.raises(ValueError, match="coordinate must be 't', 'step' or a function of t, got 'sigma'"):
+        CachedModel(model, coordinate="sigma")
+    with pytest.raises(TypeError, match="split must have encode"):
+        CachedModel(object())
+    with pytest.raises(ValueError, match="timesteps must decrease"):
+        CachedModel(model, timesteps=[1, 2])
+    with pytest.raises(ValueError, match="tail=2 needs the number of steps"):
+        with torch.no_grad():
+            CachedModel(model, keys=uniform(2, tail=2))(x(), 5.0)
+    cached = CachedModel(model, keys=2)
+    with pytest.raises(TypeError, match="t must be a number or a tensor, got str"):
+        cached(x(), "5")
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        cached([1.0], 5.0)
+    with torch.no_grad():
+        assert torch.equal(cached(x(), 5.0), model(x(), 5.0))
+
+
+def test_repr():
+    cached = CachedModel(make_toy(), keys="every:2", policy="hold", timesteps=[3, 2, 1])
+    assert repr(cached) == (
+        "CachedModel(split=ToyUNet, keys='every:2', policy=Hold(), coordinate='t', 3 steps, "
+        "encoder_calls=0, decoder_calls=0)"
+    )
