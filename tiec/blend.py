@@ -22,7 +22,7 @@ Features = tuple[torch.Tensor, ...]
 def check_features(features: object, name: str = "features") -> Features:
     """Validate that ``features`` is a non-empty tuple of floating-point tensors and return it.
 
-    Example:
+    Examples:
         >>> check_features((torch.zeros(2, 3),))[0].shape
         torch.Size([2, 3])
     """
@@ -62,7 +62,7 @@ def weighted_sum(stack: Sequence[Features], weights: Sequence[float]) -> Feature
     Returns:
         A feature tuple with each tensor in its original dtype and on its original device.
 
-    Example:
+    Examples:
         >>> a, b = (torch.zeros(1, 2),), (torch.ones(1, 2),)
         >>> weighted_sum([a, b], [0.25, 0.75])[0]
         tensor([[0.7500, 0.7500]])

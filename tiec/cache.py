@@ -67,7 +67,7 @@ class EncoderCache:
         check_finite: when true, :meth:`push` rejects features holding NaN or infinity (costs one
             reduction per tensor).
 
-    Example:
+    Examples:
         >>> import torch
         >>> cache = EncoderCache("linear")
         >>> cache.push(900, (torch.full((1, 2), 1.0),))

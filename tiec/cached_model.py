@@ -64,7 +64,7 @@ class CachedModel:
             position, fractional at sub-steps), or a function of ``t`` (e.g. ``t -> log σ(t)``).
         check_finite: reject non-finite features at keys.
 
-    Example:
+    Examples:
         >>> class Split:
         ...     def encode(self, x, t):
         ...         return (x * 2,)

@@ -56,7 +56,7 @@ def scheduler_log_sigmas(scheduler: Any, timesteps: Sequence[Any]) -> list[float
 def coordinate_values(coordinate: str, scheduler: Any, timesteps: Sequence[Any]) -> tuple[str, list[float]]:
     """τ for each model evaluation of a run; returns the coordinate actually used and the values.
 
-    Example:
+    Examples:
         >>> coordinate_values("step", None, [999, 500, 1])
         ('step', [0.0, 1.0, 2.0])
     """

@@ -53,7 +53,7 @@ class ClassifierFreeGuidance:
         guided_channels: guide only the first ``guided_channels`` output channels and take the rest
             from the conditional half (learned-variance models such as DeepFloyd-IF, DiT).
 
-    Example:
+    Examples:
         >>> class Toy:
         ...     def encode(self, x, t, *, label):
         ...         return (x + label[:, None],)

@@ -147,7 +147,7 @@ def sample(
     Returns:
         A :class:`SampleResult` with the final latent and the counts of encoder and decoder calls.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from diffusers import DDIMScheduler
         >>> class Split:  # a tiny denoiser: encoder = conv, decoder = linear head with time

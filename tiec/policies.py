@@ -50,7 +50,7 @@ def lagrange_weights(knots: Sequence[float], query: float) -> tuple[float, ...]:
     Returns:
         One weight per knot, in the order of ``knots``.
 
-    Example:
+    Examples:
         >>> lagrange_weights([0.0, 1.0], 0.25)
         (0.75, 0.25)
         >>> lagrange_weights([0.0, 1.0], 2.0)  # extrapolation: the older key gets a negative weight
@@ -102,7 +102,7 @@ class Policy:
 class Hold(Policy):
     """Reuse the newest key's features unchanged (FasterDiffusion's encoder propagation).
 
-    Example:
+    Examples:
         >>> Hold().weights([3.0, 2.0], 1.5)
         (0.0, 1.0)
     """
@@ -118,7 +118,7 @@ class Hold(Policy):
 class Linear(Policy):
     """Linear blend through the two newest keys: interpolation between them, extrapolation past them.
 
-    Example:
+    Examples:
         >>> Linear().weights([800.0, 600.0], 700.0)  # halfway between: a convex blend
         (0.5, 0.5)
         >>> Linear().weights([800.0, 600.0], 500.0)  # past the newest key: extrapolation
@@ -142,7 +142,7 @@ class Polynomial(Policy):
     Args:
         degree: polynomial degree (the "order" of the design notes), at least 1.
 
-    Example:
+    Examples:
         >>> Polynomial(2).weights([2.0, 1.0, 0.0], -1.0)
         (1.0, -3.0, 3.0)
     """
@@ -176,7 +176,7 @@ def get_policy(spec: PolicyLike) -> Policy:
     Accepted strings: ``"hold"``, ``"linear"``, ``"polynomial(k)"`` or ``"polynomial:k"``
     (``"poly"`` works too). A :class:`Policy` instance is returned unchanged.
 
-    Example:
+    Examples:
         >>> get_policy("polynomial(3)")
         Polynomial(degree=3)
         >>> get_policy("linear")

@@ -51,7 +51,7 @@ def repeat_batch(value: Any, batch: int, repeats: int) -> Any:
     Walks dicts, lists and tuples; everything else (numbers, strings, broadcast tensors) is returned
     as it is.
 
-    Example:
+    Examples:
         >>> repeat_batch({"labels": torch.tensor([3, 5]), "scale": 1.0}, batch=2, repeats=2)
         {'labels': tensor([3, 5, 3, 5]), 'scale': 1.0}
     """

@@ -64,7 +64,7 @@ class KeySchedule:
         warmup: the first ``warmup`` steps are all keys.
         tail: the last ``tail`` steps are all keys.
 
-    Example:
+    Examples:
         >>> schedule = uniform(3, tail=2)
         >>> schedule.key_steps(10)
         (0, 3, 6, 8, 9)
@@ -179,7 +179,7 @@ def every_step() -> KeySchedule:
 def uniform(every: int, *, offset: int = 0, warmup: int = 0, tail: int = 0) -> KeySchedule:
     """A key every ``every`` steps, starting at ``offset`` (step 0 always a key).
 
-    Example:
+    Examples:
         >>> uniform(4).key_steps(10)
         (0, 4, 8)
         >>> uniform(4, offset=2, warmup=2).key_steps(10)
@@ -191,7 +191,7 @@ def uniform(every: int, *, offset: int = 0, warmup: int = 0, tail: int = 0) -> K
 def explicit(indices: Iterable[int], *, warmup: int = 0, tail: int = 0) -> KeySchedule:
     """Exactly these key indices (0 must be among them); validated against the step count.
 
-    Example:
+    Examples:
         >>> explicit([0, 2, 7]).key_steps(10)
         (0, 2, 7)
     """
@@ -201,7 +201,7 @@ def explicit(indices: Iterable[int], *, warmup: int = 0, tail: int = 0) -> KeySc
 def preset(name: str, *, warmup: int = 0, tail: int = 0) -> KeySchedule:
     """A FasterDiffusion preset by name, rescaled to other step counts.
 
-    Example:
+    Examples:
         >>> preset("ddim-50").key_steps(50)
         (0, 1, 2, 3, 5, 10, 15, 25, 35)
         >>> preset("ddim-50").key_steps(25)
@@ -228,7 +228,7 @@ def get_schedule(spec: KeysLike) -> KeySchedule:
     preset name; ``"every:N"`` or ``"every:N+OFFSET"``; ``"all"``; a comma-separated list such
     as ``"0,1,5"``; or a sequence of ints.
 
-    Example:
+    Examples:
         >>> get_schedule("every:3").key_steps(7)
         (0, 3, 6)
         >>> get_schedule("0, 2, 5").key_steps(6)
