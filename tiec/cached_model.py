@@ -178,6 +178,16 @@ class CachedModel:
             return position
         return float(self.coordinate(time))  # type: ignore[operator]
 
+    def will_encode(self, t: Any) -> bool:
+        """Whether a call at time ``t`` (same input shape as the last call) would run the encoder.
+
+        Changes nothing; lets a caller skip work only a key step needs (a ControlNet evaluation).
+        """
+        time = _scalar_time(t)
+        if time is None or self._last_time is None or time > self._last_time or len(self.cache) == 0:
+            return True
+        return self._step(time)[1]
+
     # -- the call ------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, t: Any, **cond: Any) -> torch.Tensor:
         """Evaluate the model at ``(x, t)``: encoder at keys, blended features otherwise."""

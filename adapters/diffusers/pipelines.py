@@ -1,0 +1,283 @@
+"""Encoder caching inside unmodified diffusers pipelines: ``enable``, ``disable`` and ``cached``.
+
+Supported: ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``,
+``StableDiffusionControlNetPipeline`` (ControlNet runs at key steps only), ``IFPipeline``,
+``IFSuperResolutionPipeline``, ``DiTPipeline`` -- any pipeline whose denoiser is a
+``UNet2DConditionModel`` (``pipe.unet``) or a ``DiTTransformer2DModel`` (``pipe.transformer``).
+
+How it works: the denoiser's ``forward`` is replaced *on the instance* (never the class) by a
+wrapper with the same signature that routes each call through a :class:`tiec.CachedModel`. Key
+decisions come from the time *value* of each call, matched against ``pipe.scheduler.timesteps``
+(not looked up by index), so keyword timesteps, repeated timesteps (Heun, DPM-Solver SDE) and
+fractional timesteps work. A pipeline call is detected by the scheduler's new ``timesteps``
+tensor (every ``set_timesteps`` makes one), by time going up, or by a batch or shape change
+(guidance switched off by a callback), so no state survives from one call -- or from an
+interrupted one -- into the next. ``disable`` restores the original ``forward`` exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import math
+import weakref
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+
+from tiec._errors import TiecError, TiecNotImplementedError, TiecTypeError, TiecValueError
+from tiec.cached_model import CachedModel
+from tiec.coordinates import _log_sigma_from_alphas
+from tiec.policies import Linear, PolicyLike
+from tiec.schedules import KeysLike
+
+from .._lazy import require
+from .dit import DiTSplit
+from .unet import UNet2DConditionSplit
+
+__all__ = ["PipelineCache", "enable", "disable", "cached", "is_enabled"]
+
+_PATCHES: "weakref.WeakKeyDictionary[Any, PipelineCache]" = weakref.WeakKeyDictionary()
+
+
+def _denoiser(pipe: Any) -> tuple[str, Any]:
+    diffusers = require("diffusers", "diffusers")
+    for name, kind in (("unet", diffusers.UNet2DConditionModel), ("transformer", diffusers.DiTTransformer2DModel)):
+        module = getattr(pipe, name, None)
+        if isinstance(module, kind):
+            return name, module
+    found = {n: type(getattr(pipe, n, None)).__name__ for n in ("unet", "transformer")}
+    raise TiecNotImplementedError(
+        f"{type(pipe).__name__} is not supported: tiec patches a UNet2DConditionModel at pipe.unet or a "
+        f"DiTTransformer2DModel at pipe.transformer, found {found}"
+    )
+
+
+class _ForwardPatch:
+    """Replace ``module.forward`` on the instance; undo exactly, refusing if someone wrapped on top."""
+
+    def __init__(self, module: torch.nn.Module, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+        self.module = module
+        self.had_instance_forward = "forward" in module.__dict__
+        self.saved = module.__dict__.get("forward")
+        original = module.forward
+        self.original = original
+        wrapper = make(original)
+        functools.update_wrapper(wrapper, original)
+        wrapper.__signature__ = inspect.signature(original)  # type: ignore[attr-defined]
+        self.wrapper = wrapper
+        module.forward = wrapper
+
+    def remove(self) -> None:
+        current = self.module.__dict__.get("forward")
+        if current is not self.wrapper:
+            raise TiecError(
+                f"{type(self.module).__name__}.forward was replaced after tiec patched it; remove the "
+                "other patch first, then call disable() again"
+            )
+        if self.had_instance_forward:
+            self.module.forward = self.saved
+        else:
+            del self.module.forward
+
+
+class PipelineCache:
+    """What :func:`enable` installed on a pipeline: the cached model and the forward patches.
+
+    Attributes:
+        model: the :class:`tiec.CachedModel` every denoiser call goes through (its
+            ``encoder_calls``/``decoder_calls`` count across calls until ``reset()``).
+        controlnet_calls: ControlNet evaluations actually run (key steps only).
+        controlnet_skips: ControlNet calls answered from the last key's outputs.
+    """
+
+    def __init__(self, pipe: Any, *, keys: KeysLike, policy: PolicyLike, coordinate: str,
+                 decoder_start: int, encoder_blocks: Optional[int], check_finite: bool) -> None:
+        self._pipe = weakref.ref(pipe)
+        self.denoiser_name, self.denoiser = _denoiser(pipe)
+        if self.denoiser_name == "unet":
+            split: Any = UNet2DConditionSplit(self.denoiser, decoder_start=decoder_start)
+        else:
+            split = DiTSplit(self.denoiser, encoder_blocks=encoder_blocks)
+        if coordinate not in ("t", "step", "log_sigma"):
+            raise TiecValueError(f"coordinate {coordinate!r} is unknown; expected 't', 'step' or 'log_sigma'")
+        tau: Any = self._log_sigma if coordinate == "log_sigma" else coordinate
+        self.model = CachedModel(split, keys=keys, policy=policy, coordinate=tau, check_finite=check_finite)
+        self.coordinate = coordinate
+        self._timesteps: Optional[torch.Tensor] = None
+        self.controlnet_calls = 0
+        self.controlnet_skips = 0
+        self._controlnet_last: Optional[tuple[Any, ...]] = None
+        self._patches: list[_ForwardPatch] = []
+        self._sample_name, self._time_name = list(inspect.signature(self.denoiser.forward).parameters)[:2]
+        self._patches.append(_ForwardPatch(self.denoiser, self._denoiser_forward))
+        controlnet = getattr(pipe, "controlnet", None)
+        if isinstance(controlnet, torch.nn.Module):
+            self._patches.append(_ForwardPatch(controlnet, self._controlnet_forward))
+
+    def __repr__(self) -> str:
+        pipe = self._pipe()
+        return (f"PipelineCache(pipeline={type(pipe).__name__}, model={self.model!r}, "
+                f"controlnet_calls={self.controlnet_calls}, controlnet_skips={self.controlnet_skips})")
+
+    # -- time bookkeeping ----------------------------------------------------------------------
+    def _log_sigma(self, t: float) -> float:
+        alphas = getattr(self._scheduler(), "alphas_cumprod", None)
+        value = _log_sigma_from_alphas(alphas, t) if isinstance(alphas, torch.Tensor) else math.nan
+        return value if math.isfinite(value) else -t  # decreasing like log σ where σ is unknown
+
+    def _scheduler(self) -> Any:
+        pipe = self._pipe()
+        return getattr(pipe, "scheduler", None)
+
+    def _sync(self) -> bool:
+        """Follow the scheduler's timesteps; a new tensor means a new pipeline call. False: unknown."""
+        timesteps = getattr(self._scheduler(), "timesteps", None)
+        if not isinstance(timesteps, torch.Tensor) or timesteps.numel() == 0:
+            return False
+        if timesteps is not self._timesteps:
+            self.model.set_timesteps(timesteps.tolist())
+            self._timesteps = timesteps
+            self._controlnet_last = None
+        return True
+
+    def _in_schedule(self, t: Any) -> bool:
+        time = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
+        return self._timesteps is not None and time <= float(self._timesteps.max()) * (1 + 1e-5)
+
+    # -- the patched forwards ------------------------------------------------------------------
+    def _denoiser_forward(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(original)
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            arguments = dict(bound.arguments)
+            extra = arguments.pop("kwargs", None) or {}
+            return_dict = arguments.pop("return_dict", True)
+            sample = arguments.pop(self._sample_name)
+            t = arguments.pop(self._time_name)
+            if not self._sync() or not self._in_schedule(t):
+                return original(*args, **kwargs)  # a call this cache cannot place: run it as it is
+            cond = {k: v for k, v in {**arguments, **extra}.items() if v is not None}
+            out = self.model(sample, t, **cond)
+            return _wrap_output(self.denoiser_name, out, return_dict)
+
+        return forward
+
+    def _controlnet_forward(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(original)
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            sample, t = list(bound.arguments.values())[:2]
+            time = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
+            batch = (tuple(sample.shape), sample.dtype, sample.device)
+            last = self._controlnet_last
+            if (self._sync() and self._in_schedule(t) and last is not None and last[0] == batch
+                    and not self.model.will_encode(time)):
+                self.controlnet_skips += 1
+                return last[1]  # the decoder ignores residuals: the shapes are all that matter
+            result = original(*args, **kwargs)
+            self.controlnet_calls += 1
+            self._controlnet_last = (batch, result)
+            return result
+
+        return forward
+
+    def remove(self) -> None:
+        for patch in reversed(self._patches):
+            patch.remove()
+        self._patches = []
+        self._controlnet_last = None
+        self.model.reset()
+
+
+def _wrap_output(name: str, out: torch.Tensor, return_dict: bool) -> Any:
+    if not return_dict:
+        return (out,)
+    if name == "unet":
+        return require("diffusers.models.unets.unet_2d_condition", "diffusers").UNet2DConditionOutput(sample=out)
+    return require("diffusers.models.modeling_outputs", "diffusers").Transformer2DModelOutput(sample=out)
+
+
+def enable(
+    pipe: Any,
+    *,
+    keys: KeysLike = None,
+    policy: PolicyLike = Linear(),
+    coordinate: str = "t",
+    decoder_start: int = 0,
+    encoder_blocks: Optional[int] = None,
+    check_finite: bool = False,
+) -> PipelineCache:
+    """Run the pipeline's denoiser encoder only at key steps, blending cached features in between.
+
+    Args:
+        pipe: a diffusers pipeline with ``pipe.unet`` (UNet2DConditionModel) or ``pipe.transformer``
+            (DiTTransformer2DModel), and ``pipe.scheduler``.
+        keys: key schedule over the distinct timesteps of each call (``None``: every step, which
+            reproduces the pipeline exactly).
+        policy: ``"hold"``, ``"linear"`` or ``"polynomial(k)"``.
+        coordinate: blend over ``"t"``, the step position ``"step"``, or ``"log_sigma"`` (σ from
+            the scheduler's ``alphas_cumprod``).
+        decoder_start: UNet only: the first up block the decoder runs.
+        encoder_blocks: DiT only: blocks in the encoder (``None``: half the depth).
+        check_finite: reject non-finite encoder features.
+
+    Returns:
+        The :class:`PipelineCache`, with the call counters.
+
+    Raises:
+        TiecError: caching is already enabled on this pipeline (call :func:`disable` first).
+        NotImplementedError: the pipeline has no supported denoiser.
+
+    Examples:
+        >>> import tiec.adapters.diffusers as tiec_diffusers
+        >>> # cache = tiec_diffusers.enable(pipe, keys="every:3", policy="linear")
+        >>> # images = pipe(prompt).images; tiec_diffusers.disable(pipe)
+    """
+    _, denoiser = _denoiser(pipe)
+    if denoiser in _PATCHES:
+        raise TiecError(
+            f"tiec caching is already enabled on this {type(pipe).__name__}'s {type(denoiser).__name__}; "
+            "call tiec.adapters.diffusers.disable(pipe) before enabling it again"
+        )
+    if not hasattr(pipe, "scheduler"):
+        raise TiecTypeError(f"pipe must have a scheduler, got {type(pipe).__name__} without one")
+    state = PipelineCache(pipe, keys=keys, policy=policy, coordinate=coordinate, decoder_start=decoder_start,
+                          encoder_blocks=encoder_blocks, check_finite=check_finite)
+    _PATCHES[denoiser] = state
+    return state
+
+
+def is_enabled(pipe: Any) -> bool:
+    """Whether :func:`enable` is in effect on ``pipe``'s denoiser."""
+    _, denoiser = _denoiser(pipe)
+    return denoiser in _PATCHES
+
+
+def disable(pipe: Any) -> None:
+    """Restore the pipeline's original ``forward`` methods exactly. A no-op when not enabled."""
+    _, denoiser = _denoiser(pipe)
+    state = _PATCHES.get(denoiser)
+    if state is None:
+        return
+    state.remove()
+    del _PATCHES[denoiser]
+
+
+@contextlib.contextmanager
+def cached(pipe: Any, **options: Any) -> Iterator[PipelineCache]:
+    """``enable`` for the duration of a ``with`` block; ``disable`` however the block ends.
+
+    Examples:
+        >>> import tiec.adapters.diffusers as tiec_diffusers
+        >>> # with tiec_diffusers.cached(pipe, keys=3) as cache:
+        >>> #     images = pipe(prompt).images
+    """
+    state = enable(pipe, **options)
+    try:
+        yield state
+    finally:
+        disable(pipe)
