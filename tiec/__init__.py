@@ -11,6 +11,7 @@ from .blend import Features, weighted_sum
 from .cache import EncoderCache
 from .cached_model import CachedModel
 from .coordinates import scheduler_log_sigmas
+from .flops import EncoderShare, count_flops, encoder_share
 from .guidance import ClassifierFreeGuidance
 from .loop import NoiseInjection, SampleResult, StepInfo, sample
 from .policies import Hold, Linear, Policy, Polynomial, get_policy, lagrange_weights
@@ -23,6 +24,7 @@ __all__ = [
     "CachedModel",
     "ClassifierFreeGuidance",
     "EncoderCache",
+    "EncoderShare",
     "Features",
     "Hold",
     "KeySchedule",
@@ -37,7 +39,9 @@ __all__ = [
     "TiecNotImplementedError",
     "TiecTypeError",
     "TiecValueError",
+    "count_flops",
     "decode_batch",
+    "encoder_share",
     "every_step",
     "explicit",
     "get_policy",

@@ -108,6 +108,7 @@ def sample(
     max_parallel: int = 8,
     noise_injection: NoiseInjection | bool | None = None,
     step_kwargs: Optional[Mapping[str, Any]] = None,
+    output_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     callback: Optional[Callable[[StepInfo], None]] = None,
     progress: bool = False,
 ) -> SampleResult:
@@ -141,6 +142,8 @@ def sample(
         max_parallel: at most this many steps per batched decoder call.
         noise_injection: ``True`` for FasterDiffusion's defaults, or a :class:`NoiseInjection`.
         step_kwargs: extra keywords for ``scheduler.step`` (``generator``, ``eta``, ...).
+        output_fn: applied to the (guided) model output before the scheduler step, e.g.
+            ``lambda out: out[:, :4]`` to drop a learned variance the scheduler does not use (DiT).
         callback: called with a :class:`StepInfo` after every scheduler step.
         progress: show a progress bar (needs ``tqdm``).
 
@@ -200,6 +203,8 @@ def sample(
     def advance(i: int, output: torch.Tensor) -> None:
         nonlocal x
         t = timesteps[i]
+        if output_fn is not None:
+            output = output_fn(output)
         if injection is not None and float(t) < injection.t_max:
             x = x + injection.alpha * noise
         x = scheduler.step(output, t, x, **step_kwargs).prev_sample
