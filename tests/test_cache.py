@@ -262,7 +262,9 @@ class CacheMachine(RuleBasedStateMachine):
         used = self.reference[-KEYS_NEEDED[self.policy]:]
         weights = lagrange_weights([t for t, _ in used], query)
         expected = sum(w * v.double() for w, (_, v) in zip(weights, used))
-        torch.testing.assert_close(self.cache.get(query)[0].double(), expected, rtol=1e-4, atol=1e-4)
+        # float32 blending: the rounding error grows with the size of the (extrapolation) weights
+        scale = sum(abs(w) for w in weights) * max(float(v.abs().max()) for _, v in used)
+        torch.testing.assert_close(self.cache.get(query)[0].double(), expected, rtol=0, atol=1e-6 * scale + 1e-6)
 
     @rule()
     def reset(self):
