@@ -278,3 +278,23 @@ class CacheMachine(RuleBasedStateMachine):
 
 
 TestCacheMachine = CacheMachine.TestCase
+
+
+def test_rewind_drops_keys_past_a_time_and_a_known_direction_is_kept():
+    cache = EncoderCache("linear", direction=-1)
+    cache.push(9, feats(0))
+    cache.rewind(10)  # 9 comes after 10 in a decreasing run: dropped
+    assert cache.times == ()
+    cache.push(9, feats(0))
+    cache.push(7, feats(1))
+    cache.rewind(8)
+    assert cache.times == (9.0,)
+    cache.push(8, feats(2))  # continues downwards
+    assert cache.times == (9.0, 8.0)
+    cache.reset()
+    assert cache.direction == -1
+    cache.push(5, feats(3))
+    with pytest.raises(ValueError, match="must keep decreasing"):
+        cache.push(6, feats(4))
+    with pytest.raises(ValueError, match="direction must be -1, 0 or \\+1, got 2"):
+        EncoderCache(direction=2)

@@ -163,3 +163,19 @@ def test_repr():
         "CachedModel(split=ToyUNet, keys='every:2', policy=Hold(), coordinate='t', 3 steps, "
         "encoder_calls=0, decoder_calls=0)"
     )
+
+
+@torch.no_grad()
+def test_a_midpoint_past_the_next_time_is_not_a_new_run(model):
+    """Ancestral samplers evaluate a midpoint below the next scheduled time, then that time."""
+    split = CountingSplit(model)
+    cached = CachedModel(split, keys=[0, 1, 3], timesteps=[900, 600, 300, 100])
+    for t in (900.0, 500.0, 600.0, 350.0, 300.0, 100.0):  # 500 lies in step 1, then 600 is step 1
+        cached(x(), t)
+    assert cached.trajectories == 1
+    # keys: 900 (step 0); 500, 600 and 350 (all in key step 1; 600 drops the key at 500);
+    # 300 is step 2, not a key; 100 (step 3)
+    assert split.encode_calls == 5
+    assert cached.cache.times == (350.0, 100.0)
+    cached(x(), 900.0)  # back to step 0: a new run
+    assert cached.trajectories == 2

@@ -66,6 +66,9 @@ class EncoderCache:
         policy: ``"hold"``, ``"linear"`` (default), ``"polynomial(k)"`` or a :class:`~tiec.Policy`.
         check_finite: when true, :meth:`push` rejects features holding NaN or infinity (costs one
             reduction per tensor).
+        direction: ``-1`` or ``+1`` when the direction of time is known in advance (``-1`` for t
+            and log σ in sampling order, ``+1`` for a step index); ``0`` (default) infers it from
+            the first two distinct pushes.
 
     Examples:
         >>> import torch
@@ -78,19 +81,22 @@ class EncoderCache:
         EncoderCache(policy=Linear(), keys=[900.0, 800.0], direction='decreasing', tensors=1)
     """
 
-    def __init__(self, policy: PolicyLike = Linear(), *, check_finite: bool = False) -> None:
+    def __init__(self, policy: PolicyLike = Linear(), *, check_finite: bool = False, direction: int = 0) -> None:
+        if direction not in (-1, 0, 1):
+            raise TiecValueError(f"direction must be -1, 0 or +1, got {direction!r}")
         self.policy = get_policy(policy)
         self.check_finite = bool(check_finite)
+        self._initial_direction = direction
         self._times: list[float] = []
         self._features: list[Features] = []
-        self._direction = 0  # +1 increasing, -1 decreasing, 0 not known yet
+        self._direction = direction  # +1 increasing, -1 decreasing, 0 not known yet
 
     # -- state ---------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget every key and the time direction: the cache is as freshly built."""
+        """Forget every key (and an inferred direction): the cache is as freshly built."""
         self._times = []
         self._features = []
-        self._direction = 0
+        self._direction = self._initial_direction
 
     def __len__(self) -> int:
         """Number of keys stored (at most ``policy.keys_needed``)."""
@@ -160,6 +166,17 @@ class EncoderCache:
         if excess > 0:
             del self._times[:excess]
             del self._features[:excess]
+
+    def rewind(self, tau: float | torch.Tensor) -> None:
+        """Drop the keys that lie past ``tau`` in the trajectory's direction (none if ``tau`` is ahead).
+
+        For callers that re-evaluate an earlier time after a look past it; the next push at ``tau``
+        then continues the trajectory. The direction is kept.
+        """
+        time = _as_time(tau, "tau")
+        while self._times and self._direction and (self._times[-1] - time) * self._direction > 0:
+            self._times.pop()
+            self._features.pop()
 
     def accepts(self, features: Features) -> bool:
         """Whether ``features`` match the stored keys' structure (always true when empty)."""

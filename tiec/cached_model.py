@@ -49,7 +49,10 @@ class CachedModel:
     (second-order solvers) share a step; a key call there replaces the stored features.
 
     A new trajectory starts -- the cache is emptied and the first call is a key -- when ``t`` goes
-    up, when the input's shape, dtype or device changes, or on :meth:`reset`.
+    back up to an earlier step (any rise without ``timesteps``), when the input's shape, dtype or
+    device changes, or on :meth:`reset`. A rise within one step (an ancestral sampler's midpoint
+    that overshot the next scheduled time) is not a new run; a key there drops the cached keys past
+    it before it is stored.
 
     Calls whose samples carry different times cannot share cached features; they run the full model
     and leave the cache alone.
@@ -61,7 +64,8 @@ class CachedModel:
         timesteps: the sampler's times, highest first (e.g. ``scheduler.timesteps``). Needed for
             schedules with a ``tail`` and for the ``"step"`` coordinate at sub-steps.
         coordinate: what the cache blends over: ``"t"`` (the call's time), ``"step"`` (the step
-            position, fractional at sub-steps), or a function of ``t`` (e.g. ``t -> log σ(t)``).
+            position, fractional at sub-steps), or an increasing function of ``t`` (e.g.
+            ``t -> log σ(t)``).
         check_finite: reject non-finite features at keys.
 
     Examples:
@@ -96,7 +100,10 @@ class CachedModel:
         self.split = split
         self.schedule = get_schedule(keys)
         self.coordinate = coordinate
-        self.cache = EncoderCache(policy, check_finite=check_finite)
+        # τ runs down with t for "t" and for functions of t (which must increase with t, like
+        # log σ(t)); the step position runs up.
+        direction = 1 if coordinate == "step" else -1
+        self.cache = EncoderCache(policy, check_finite=check_finite, direction=direction)
         self._times: Optional[list[float]] = None
         self._key_steps: frozenset[int] = frozenset()
         if timesteps is not None:
@@ -104,8 +111,16 @@ class CachedModel:
         self.reset()
 
     # -- configuration and state ---------------------------------------------------------------
-    def set_timesteps(self, timesteps: Sequence[Any]) -> None:
-        """Tell the model the times of the next runs (highest first); starts a new trajectory."""
+    def set_timesteps(self, timesteps: Optional[Sequence[Any]]) -> None:
+        """Tell the model the times of the next runs (highest first); starts a new trajectory.
+
+        ``None`` makes the model open-ended again: each new distinct time is the next step.
+        """
+        if timesteps is None:
+            self._times = None
+            self._key_steps = frozenset()
+            self.new_trajectory()
+            return
         times = [float(t) for t in timesteps]
         distinct = [t for i, t in enumerate(times) if i == 0 or t != times[i - 1]]
         if not distinct:
@@ -178,13 +193,27 @@ class CachedModel:
             return position
         return float(self.coordinate(time))  # type: ignore[operator]
 
+    def _goes_back(self, time: float) -> bool:
+        """Whether a call at ``time`` starts over: it lies before the last call's step.
+
+        With known timesteps, a time above the last call's but within the same step is not a new
+        run: ancestral samplers evaluate a midpoint past the next scheduled time, then that time.
+        """
+        if self._last_time is None:
+            return True
+        if time <= self._last_time:
+            return False
+        if self._times is None or time > self._times[0]:
+            return True
+        return self._position(time) < math.floor(self._position(self._last_time))
+
     def will_encode(self, t: Any) -> bool:
         """Whether a call at time ``t`` (same input shape as the last call) would run the encoder.
 
         Changes nothing; lets a caller skip work only a key step needs (a ControlNet evaluation).
         """
         time = _scalar_time(t)
-        if time is None or self._last_time is None or time > self._last_time or len(self.cache) == 0:
+        if time is None or len(self.cache) == 0 or self._goes_back(time):
             return True
         return self._step(time)[1]
 
@@ -199,11 +228,7 @@ class CachedModel:
             self.decoder_calls += 1
             return self.split.decode(self.split.encode(x, t, **cond), t, **cond)
         signature = (tuple(x.shape), x.dtype, x.device)
-        fresh = (
-            self._last_time is None
-            or time > self._last_time
-            or signature != self._last_input
-        )
+        fresh = signature != self._last_input or self._goes_back(time)
         if fresh:
             self.new_trajectory()
         position, is_key = self._step(time)
@@ -228,4 +253,5 @@ class CachedModel:
         if not self.cache.accepts(features):
             # The features changed structure (a conditioning batch change): start over.
             self.cache.reset()
+        self.cache.rewind(tau)  # a key behind newer ones (after an overshooting midpoint) replaces them
         self.cache.push(tau, features)
