@@ -21,7 +21,7 @@ from torch import nn
 from tiec._errors import TiecTypeError, TiecValueError
 from tiec.blend import Features
 
-from ._lazy import require
+from ._lazy import encoder_depth, require
 
 __all__ = ["DiTConfig", "ReferenceDiT", "ReferenceDiTSplit", "DIT_CONFIGS", "load_reference_dit"]
 
@@ -222,14 +222,8 @@ class ReferenceDiTSplit:
     def __init__(self, model: ReferenceDiT, *, encoder_blocks: Optional[int] = None) -> None:
         if not isinstance(model, ReferenceDiT):
             raise TiecTypeError(f"model must be a ReferenceDiT, got {type(model).__name__}")
-        depth = len(model.blocks)
-        encoder_blocks = max(depth // 2, 1) if encoder_blocks is None else encoder_blocks
-        if isinstance(encoder_blocks, bool) or not isinstance(encoder_blocks, int) or not 1 <= encoder_blocks <= depth:
-            raise TiecValueError(
-                f"encoder_blocks must be an int in [1, {depth}] (the model's depth), got {encoder_blocks!r}"
-            )
         self.model = model
-        self.encoder_blocks = encoder_blocks
+        self.encoder_blocks = encoder_depth(encoder_blocks, len(model.blocks))
 
     def __repr__(self) -> str:
         return f"ReferenceDiTSplit(encoder_blocks={self.encoder_blocks} of {len(self.model.blocks)})"

@@ -14,10 +14,10 @@ from typing import Any, Optional
 import torch
 from torch.nn import functional as F
 
-from tiec._errors import TiecTypeError, TiecValueError
+from tiec._errors import TiecTypeError
 from tiec.blend import Features
 
-from .._lazy import require
+from .._lazy import encoder_depth, require
 
 __all__ = ["DiTSplit", "FASTER_DIFFUSION_DIT_BLOCKS"]
 
@@ -67,15 +67,8 @@ class DiTSplit:
             raise TiecTypeError(
                 f"transformer must be a diffusers DiTTransformer2DModel, got {type(transformer).__name__}"
             )
-        depth = len(transformer.transformer_blocks)
-        if encoder_blocks is None:
-            encoder_blocks = max(depth // 2, 1)
-        if isinstance(encoder_blocks, bool) or not isinstance(encoder_blocks, int) or not 1 <= encoder_blocks <= depth:
-            raise TiecValueError(
-                f"encoder_blocks must be an int in [1, {depth}] (the model's depth), got {encoder_blocks!r}"
-            )
         self.transformer = transformer
-        self.encoder_blocks = encoder_blocks
+        self.encoder_blocks = encoder_depth(encoder_blocks, len(transformer.transformer_blocks))
 
     def __repr__(self) -> str:
         return f"DiTSplit(encoder_blocks={self.encoder_blocks} of {len(self.transformer.transformer_blocks)})"
