@@ -1,0 +1,91 @@
+"""``tiec generate``: the main job on the shipped demo DiT, and one test per bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tiec.cli import main
+from tiec.demo import WEIGHTS
+
+needs_weights = pytest.mark.skipif(not (WEIGHTS / "dit-digits").is_dir(),
+                                   reason="the demo DiT weights are not in this checkout")
+
+
+def run_cli(*argv):
+    return subprocess.run([sys.executable, "-m", "tiec", *argv], capture_output=True, text=True, timeout=300)
+
+
+@needs_weights
+def test_generate_with_defaults_writes_a_grid_a_record_and_recognisable_digits(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("generate", "--out", str(out), "--compare")
+    assert result.returncode == 0, result.stderr
+    assert "speed-up" in result.stdout and str(out / "grid.png") in result.stdout
+    record = json.loads((out / "record.json").read_text())
+    for field in ("model", "steps", "scheduler", "keys", "key_steps", "policy", "seed", "encoder_calls",
+                  "decoder_calls", "macs", "seconds", "class_labels", "compare"):
+        assert field in record, field
+    assert record["class_labels"] == list(range(10)) and record["steps"] == 50
+    assert record["encoder_calls"] == len(record["key_steps"]) < record["decoder_calls"] == 50
+    assert 0 < record["compare"]["mac_ratio"] < 1
+    assert (out / "grid.png").stat().st_size > 0
+    assert not list(out.glob("*.part"))
+
+
+@needs_weights
+def test_samples_are_classified_as_the_requested_class():
+    from tiec.demo import load
+    from tiec.demo.sampling import sample_digits
+    from tiec.cli import DEMO_DEFAULTS
+
+    demo, classifier = load("dit-digits"), load("digits-classifier")
+    labels = [i % 10 for i in range(50)]
+    result = sample_digits(demo, labels, keys=DEMO_DEFAULTS["keys"], policy=DEMO_DEFAULTS["policy"],
+                           guidance_scale=DEMO_DEFAULTS["guidance_scale"], seed=1234)
+    with torch.no_grad():
+        predicted = classifier(result.sample.clamp(-1, 1)).argmax(1)
+    accuracy = (predicted == torch.tensor(labels)).float().mean().item()
+    assert accuracy >= 0.9, accuracy
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--scheduler", "karras"], "argument --scheduler: invalid choice: 'karras'"),
+        (["--policy", "cubic"], "--policy 'cubic': policy 'cubic' is unknown"),
+        (["--keys", "0,3,99"], "--keys '0,3,99': key indices [99] are out of range for num_steps=50"),
+        (["--keys", "1,2"], "--keys '1,2': step 0 must be a key"),
+        (["--model", "no/such/folder"], "--model 'no/such/folder' is neither a demo model"),
+        (["--class-labels", "3,12"], "--class-labels '3,12': labels must be in [0, 9], got [12]"),
+        (["--class-labels", "three"], "is not a comma-separated list of integers"),
+        (["--steps", "0"], "--num-images and --steps must be >= 1"),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_code_2(tmp_path, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--out", str(tmp_path / "out"), "--quiet", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out" / "record.json").exists()
+
+
+def test_a_folder_that_is_not_a_pipeline(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--model", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "diffusers pipeline folders are not supported by this version yet" in capsys.readouterr().err
+
+
+def test_an_output_path_that_cannot_be_written(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--out", str(blocker / "sub"), "--quiet"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--out '{blocker / 'sub'}' cannot be written" in err and "Traceback" not in err
