@@ -7,13 +7,9 @@ from types import ModuleType
 
 from typing import Optional
 
-from tiec._errors import TiecError, TiecValueError
+from tiec._errors import MissingDependencyError, TiecValueError
 
 __all__ = ["MissingDependencyError", "require", "encoder_depth"]
-
-
-class MissingDependencyError(TiecError, ImportError):
-    """An optional dependency is missing; the message names the extra that brings it."""
 
 
 def require(module: str, extra: str) -> ModuleType:

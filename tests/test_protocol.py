@@ -87,3 +87,12 @@ def test_import_tiec_needs_torch_only():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "tiec.adapters"
+
+
+def test_a_missing_framework_names_the_extra():
+    from tiec import MissingDependencyError
+    from tiec.adapters._lazy import require
+
+    with pytest.raises(MissingDependencyError, match=r"pip install 'tiec\[k-diffusion\]'") as info:
+        require("no_such_framework_tiec_test", "k-diffusion")
+    assert isinstance(info.value, ImportError)

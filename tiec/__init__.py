@@ -6,7 +6,7 @@ needs torch only; adapters for diffusers, timm and k-diffusion live in :mod:`tie
 imported lazily.
 """
 
-from ._errors import TiecError, TiecNotImplementedError, TiecTypeError, TiecValueError
+from ._errors import MissingDependencyError, TiecError, TiecNotImplementedError, TiecTypeError, TiecValueError
 from .blend import Features, weighted_sum
 from .cache import EncoderCache
 from .cached_model import CachedModel
@@ -29,6 +29,7 @@ __all__ = [
     "Hold",
     "KeySchedule",
     "Linear",
+    "MissingDependencyError",
     "NoiseInjection",
     "Policy",
     "Polynomial",

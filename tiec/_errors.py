@@ -8,7 +8,13 @@ Messages name the argument, the value received and what was expected.
 
 from __future__ import annotations
 
-__all__ = ["TiecError", "TiecTypeError", "TiecValueError", "TiecNotImplementedError"]
+__all__ = [
+    "MissingDependencyError",
+    "TiecError",
+    "TiecNotImplementedError",
+    "TiecTypeError",
+    "TiecValueError",
+]
 
 
 class TiecError(Exception):
@@ -25,3 +31,7 @@ class TiecValueError(TiecError, ValueError):
 
 class TiecNotImplementedError(TiecError, NotImplementedError):
     """A model feature that tiec does not support (yet)."""
+
+
+class MissingDependencyError(TiecError, ImportError):
+    """An optional dependency is missing; the message names the extra that brings it."""

@@ -158,9 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.exit(2, "tiec: error: --num-images and --steps must be >= 1\n")
     try:
         return _generate(args)
-    except (UsageError, ValueError, TypeError) as error:
-        if not isinstance(error, TiecError):
-            raise
+    except TiecError as error:
         parser.exit(2, f"tiec: error: {error}\n")
     return 0
 

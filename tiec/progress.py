@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-from ._errors import TiecError
+from ._errors import MissingDependencyError
 
 __all__ = ["progress_bar"]
 
@@ -13,10 +13,6 @@ __all__ = ["progress_bar"]
 class _Silent:
     def update(self, n: int = 1) -> None:
         pass
-
-
-class MissingDependencyError(TiecError, ImportError):
-    """An optional dependency is not installed; the message names the extra that brings it."""
 
 
 @contextlib.contextmanager
