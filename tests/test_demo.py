@@ -31,7 +31,7 @@ def test_shipped_training_records_match_the_documented_commands():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["dit-digits", "digits-classifier"])
+@pytest.mark.parametrize("model", ["dit-digits", "unet-digits", "digits-classifier"])
 def test_training_commands_run_on_a_reduced_budget(tmp_path, model, capsys):
     assert train([model, "--steps", "20", "--out", str(tmp_path), "--quiet"]) == 0
     record = json.loads((tmp_path / "train_log.json").read_text())
@@ -42,3 +42,8 @@ def test_training_commands_run_on_a_reduced_budget(tmp_path, model, capsys):
 
         reloaded = DiTTransformer2DModel.from_pretrained(tmp_path)
         assert reloaded(torch.zeros(1, 1, 16, 16), torch.tensor([5]), class_labels=torch.tensor([3])).sample.shape == (1, 1, 16, 16)
+    if model == "unet-digits":
+        from diffusers import UNet2DConditionModel
+
+        reloaded = UNet2DConditionModel.from_pretrained(tmp_path)
+        assert reloaded.config.cross_attention_dim == 32 and (tmp_path / "class_tokens.safetensors").exists()

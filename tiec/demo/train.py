@@ -1,6 +1,7 @@
 """Train the demo models on the digits (CPU, fixed seeds, minutes to an hour).
 
     python -m tiec.demo.train dit-digits --steps 8000 --out tiec/demo/weights/dit-digits
+    python -m tiec.demo.train unet-digits --steps 2500 --out tiec/demo/weights/unet-digits
     python -m tiec.demo.train digits-classifier --steps 1500 --out tiec/demo/weights/digits-classifier
 
 Writes ``config.json`` and ``diffusion_pytorch_model.safetensors`` (the EMA weights in fp16, loadable with
@@ -20,7 +21,7 @@ import torch
 
 from .data import NUM_CLASSES, RESOLUTION, load_digits
 
-__all__ = ["train_dit", "train_classifier", "DIT_CONFIG", "main"]
+__all__ = ["train_dit", "train_unet", "train_classifier", "DIT_CONFIG", "UNET_CONFIG", "main"]
 
 # 8 blocks of width 128 (4 heads x 32), patch 2 on 16x16: 2.8 M parameters, 64 tokens.
 DIT_CONFIG = dict(
@@ -34,6 +35,21 @@ DIT_CONFIG = dict(
     num_embeds_ada_norm=NUM_CLASSES,
     norm_type="ada_norm_zero",
 )
+# Two levels of 32/64 channels with cross-attention on one learned class token (the SD code path:
+# down/mid/up blocks with cross-attention), 16x16 single-channel images.
+UNET_CONFIG = dict(
+    sample_size=RESOLUTION,
+    in_channels=1,
+    out_channels=1,
+    layers_per_block=1,
+    block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    norm_num_groups=8,
+)
+CLASS_DROPOUT = 0.1
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
 
 
@@ -108,6 +124,62 @@ def train_dit(out: Path, *, steps: int, batch_size: int = 64, lr: float = 3e-4, 
     return record
 
 
+def train_unet(out: Path, *, steps: int, batch_size: int = 64, lr: float = 3e-4, seed: int = 0,
+               ema_decay: float = 0.999, progress: bool = True) -> dict:
+    """Train the class-conditional demo UNet: cross-attention on a learned token per class.
+
+    Labels are dropped to the null token ``NUM_CLASSES`` with probability 0.1 (for guidance).
+    Writes the UNet (diffusers format) and ``class_tokens.safetensors`` (``(11, 32)``).
+    """
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    images, labels = load_digits()
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    tokens = torch.nn.Embedding(NUM_CLASSES + 1, UNET_CONFIG["cross_attention_dim"])
+    modules = torch.nn.ModuleDict({"unet": unet, "tokens": tokens})
+    ema = copy.deepcopy(modules).eval().requires_grad_(False)
+    alphas = DDPMScheduler(**SCHEDULER_CONFIG).alphas_cumprod
+    optimizer = torch.optim.AdamW(modules.parameters(), lr=lr, weight_decay=0.0)
+    losses: list[float] = []
+    start = time.perf_counter()
+    for step in tqdm(range(steps), disable=not progress, desc="unet-digits"):
+        index = torch.randint(0, len(images), (batch_size,), generator=generator)
+        x0, y = images[index], labels[index]
+        drop = torch.rand(batch_size, generator=generator) < CLASS_DROPOUT
+        y = torch.where(drop, NUM_CLASSES, y)
+        t = torch.randint(0, len(alphas), (batch_size,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        a = alphas[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = unet(x_t, t, encoder_hidden_states=tokens(y)[:, None]).sample
+        loss = torch.nn.functional.mse_loss(pred, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
+        optimizer.step()
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), modules.parameters()):
+                p_ema.lerp_(p, 1 - decay)
+        losses.append(loss.item())
+    out.mkdir(parents=True, exist_ok=True)
+    ema["unet"].to(torch.float16).save_pretrained(out, safe_serialization=True)
+    save_file({"weight": ema["tokens"].weight.detach().contiguous()}, str(out / "class_tokens.safetensors"))
+    (out / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2) + "\n")
+    record = dict(model="unet-digits", steps=steps, batch_size=batch_size, lr=lr, seed=seed, ema_decay=ema_decay,
+                  class_dropout=CLASS_DROPOUT, seconds=round(time.perf_counter() - start, 1),
+                  final_loss_mean_100=sum(losses[-100:]) / min(100, len(losses)),
+                  parameters=sum(p.numel() for p in modules.parameters()), torch=torch.__version__,
+                  threads=torch.get_num_threads())
+    (out / "train_log.json").write_text(json.dumps(record, indent=2) + "\n")
+    _save_loss_curve(losses, out / "loss.png", f"unet-digits, {steps} steps")
+    return record
+
+
 def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Shift by up to one pixel and add a little noise (the classifier must read model samples)."""
     shifts = torch.randint(-1, 2, (2,), generator=generator).tolist()
@@ -159,7 +231,7 @@ def train_classifier(out: Path, *, steps: int, batch_size: int = 128, lr: float 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tiec.demo.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", choices=["dit-digits", "digits-classifier"])
+    parser.add_argument("model", choices=["dit-digits", "unet-digits", "digits-classifier"])
     parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
@@ -168,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.model == "digits-classifier":
         record = train_classifier(args.out, steps=args.steps, seed=args.seed, progress=not args.quiet)
+    elif args.model == "unet-digits":
+        record = train_unet(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                            progress=not args.quiet)
     else:
         record = train_dit(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                            progress=not args.quiet)
