@@ -14,11 +14,11 @@ def test_load_by_name():
     assert len(demo.transformer.transformer_blocks) == 8 and demo.null_label == 10
     assert demo.split().encoder_blocks == 8  # the whole stack cached by default
     assert demo.scheduler("dpm").config.num_train_timesteps == 1000
-    with pytest.raises(ValueError, match=r"demo model 'sd-digits' is unknown; expected one of \['dit-digits'"):
+    with pytest.raises(ValueError, match=r"demo model 'sd-digits' is unknown; expected one of \['dit-digits', 'unet-digits'"):
         load("sd-digits")
     with pytest.raises(ValueError, match="scheduler 'lms' is unknown"):
         demo.scheduler("lms")
-    assert set(MODELS) == {"dit-digits", "digits-classifier"}
+    assert set(MODELS) == {"dit-digits", "unet-digits", "digits-classifier"}
 
 
 def test_shipped_training_records_match_the_documented_commands():

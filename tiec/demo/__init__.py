@@ -1,8 +1,10 @@
 """Small demo models trained here on scikit-learn's digits, shipped inside the package.
 
 ``load("dit-digits")`` returns a class-conditional DiT (diffusers' ``DiTTransformer2DModel``,
-2.8 M parameters, 16x16 single-channel images) with its scheduler; ``load("digits-classifier")``
-the small CNN that scores samples. Needs the ``demo`` extra (diffusers, safetensors).
+2.8 M parameters, 16x16 single-channel images) with its scheduler; ``load("unet-digits")`` a
+class-conditional ``UNet2DConditionModel`` with cross-attention on learned class tokens (when its
+weights are in this installation); ``load("digits-classifier")`` the small CNN that scores
+samples. Needs the ``demo`` extra (diffusers, safetensors).
 
 Training commands and measured quality: docs/demo-models.md.
 """
@@ -19,10 +21,10 @@ import torch
 from .._errors import TiecValueError
 from .data import NUM_CLASSES, RESOLUTION
 
-__all__ = ["DemoDiT", "load", "MODELS", "WEIGHTS"]
+__all__ = ["DemoDiT", "DemoUNet", "ClassTokenSplit", "load", "MODELS", "WEIGHTS"]
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-MODELS = ("dit-digits", "digits-classifier")
+MODELS = ("dit-digits", "unet-digits", "digits-classifier")
 
 
 @dataclass
@@ -64,6 +66,37 @@ class DemoDiT:
         return classes[kind](**self.scheduler_config, **extra)
 
 
+class ClassTokenSplit:
+    """A UNet split conditioned on class labels through one learned cross-attention token each."""
+
+    def __init__(self, split: Any, tokens: torch.nn.Embedding) -> None:
+        self.split = split
+        self.tokens = tokens
+
+    def _context(self, class_labels: torch.Tensor) -> torch.Tensor:
+        return self.tokens(class_labels)[:, None]  # (B, 1, D)
+
+    def encode(self, x: torch.Tensor, t: Any, *, class_labels: torch.Tensor) -> Any:
+        return self.split.encode(x, t, encoder_hidden_states=self._context(class_labels))
+
+    def decode(self, features: Any, t: Any, *, class_labels: torch.Tensor) -> torch.Tensor:
+        return self.split.decode(features, t, encoder_hidden_states=self._context(class_labels))
+
+
+@dataclass
+class DemoUNet(DemoDiT):
+    """The demo UNet: ``transformer`` holds the ``UNet2DConditionModel``; ``tokens`` the class tokens."""
+
+    tokens: Optional[torch.nn.Embedding] = None
+
+    def split(self, decoder_start: Optional[int] = None) -> Any:  # type: ignore[override]
+        """A class-label split over :class:`tiec.adapters.diffusers.UNet2DConditionSplit`."""
+        from ..adapters.diffusers import UNet2DConditionSplit
+
+        assert self.tokens is not None
+        return ClassTokenSplit(UNet2DConditionSplit(self.transformer, decoder_start=decoder_start or 0), self.tokens)
+
+
 def _require_weights(name: str) -> Path:
     path = WEIGHTS / name
     if not path.is_dir():
@@ -74,8 +107,9 @@ def _require_weights(name: str) -> Path:
     return path
 
 
-def load(name: str, *, device: Union[str, torch.device] = "cpu") -> Any:
-    """Load a demo model by name: ``"dit-digits"`` (a :class:`DemoDiT`) or ``"digits-classifier"``.
+def load(name: str, *, device: Union[str, torch.device] = "cpu", path: Optional[Path] = None) -> Any:
+    """Load a demo model by name: ``"dit-digits"`` (:class:`DemoDiT`), ``"unet-digits"``
+    (:class:`DemoUNet`) or ``"digits-classifier"``; ``path`` overrides the shipped weights' folder.
 
     Examples:
         >>> from tiec.demo import load
@@ -85,7 +119,7 @@ def load(name: str, *, device: Union[str, torch.device] = "cpu") -> Any:
     """
     if name not in MODELS:
         raise TiecValueError(f"demo model {name!r} is unknown; expected one of {list(MODELS)}")
-    path = _require_weights(name)
+    path = _require_weights(name) if path is None else Path(path)
     if name == "digits-classifier":
         from safetensors.torch import load_file
 
@@ -94,8 +128,16 @@ def load(name: str, *, device: Union[str, torch.device] = "cpu") -> Any:
         model = DigitClassifier()
         model.load_state_dict(load_file(str(path / "model.safetensors")))
         return model.eval().to(device)
+    scheduler_config = json.loads((path / "scheduler_config.json").read_text())
+    if name == "unet-digits":
+        from diffusers import UNet2DConditionModel
+        from safetensors.torch import load_file
+
+        unet = UNet2DConditionModel.from_pretrained(path, torch_dtype=torch.float32).eval().to(device)
+        weight = load_file(str(path / "class_tokens.safetensors"))["weight"]
+        tokens = torch.nn.Embedding.from_pretrained(weight.float(), freeze=True).to(device)
+        return DemoUNet(unet, scheduler_config, tokens=tokens)
     from diffusers import DiTTransformer2DModel
 
     transformer = DiTTransformer2DModel.from_pretrained(path, torch_dtype=torch.float32).eval().to(device)
-    scheduler_config = json.loads((path / "scheduler_config.json").read_text())
     return DemoDiT(transformer, scheduler_config)

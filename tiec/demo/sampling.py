@@ -17,12 +17,15 @@ def sample_digits(demo: Any, labels: Sequence[int], *, steps: int = 50, schedule
                   keys: Any = None, policy: Any = "linear", guidance_scale: float = 1.0,
                   encoder_blocks: Optional[int] = None, parallel_decode: bool = False, seed: int = 0,
                   progress: bool = False, coordinate: str = "auto") -> SampleResult:
-    """Sample one image per label from the demo DiT; the noise of image ``i`` comes from ``seed + i``.
+    """Sample one image per label from a demo model; the noise of image ``i`` comes from ``seed + i``.
+
+    ``encoder_blocks`` is the split depth: DiT blocks in the encoder, or the UNet's first decoder
+    up block (``None``: the model's default).
 
     Returns the :class:`tiec.SampleResult`; its ``sample`` is ``(N, 1, 16, 16)`` in about [-1, 1].
     """
     labels_t = torch.as_tensor(list(labels), dtype=torch.long)
-    shape = (1, demo.transformer.config.in_channels, demo.resolution, demo.resolution)
+    shape = (1, demo.transformer.config.in_channels, demo.resolution, demo.resolution)  # (1, C, H, W)
     noise = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i))
                        for i in range(len(labels_t))])
     guided = guidance_scale != 1.0
