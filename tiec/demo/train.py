@@ -16,6 +16,7 @@ import copy
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -75,32 +76,33 @@ def _save_loss_curve(losses: list[float], path: Path, title: str, ylabel: str = 
     plt.close(fig)
 
 
-def train_dit(out: Path, *, steps: int, batch_size: int = 64, lr: float = 3e-4, seed: int = 0,
-              ema_decay: float = 0.999, progress: bool = True) -> dict:
-    """Train the class-conditional demo DiT (eps prediction, DDPM linear betas) and save it."""
-    from diffusers import DDPMScheduler, DiTTransformer2DModel
+def _fit_eps(model: torch.nn.Module, predict: Any, *, steps: int, batch_size: int, lr: float, seed: int,
+             ema_decay: float, progress: bool, desc: str, label_dropout: float = 0.0) -> tuple[Any, list[float]]:
+    """Train ``predict(model, x_t, t, y) -> eps`` on the digits with the DDPM loss; EMA weights.
+
+    ``model`` must be built right after ``torch.manual_seed(seed)`` (its initialisation is part of
+    the reproducible run). With ``label_dropout``, labels become the null label ``NUM_CLASSES``.
+    """
+    from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
 
-    torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     images, labels = load_digits()
-    model = DiTTransformer2DModel(**DIT_CONFIG)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
-    alphas = scheduler.alphas_cumprod
+    alphas = DDPMScheduler(**SCHEDULER_CONFIG).alphas_cumprod
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     losses: list[float] = []
-    start = time.perf_counter()
     model.train()
-    for step in tqdm(range(steps), disable=not progress, desc="dit-digits"):
+    for step in tqdm(range(steps), disable=not progress, desc=desc):
         index = torch.randint(0, len(images), (batch_size,), generator=generator)
         x0, y = images[index], labels[index]
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        if label_dropout:
+            y = torch.where(torch.rand(batch_size, generator=generator) < label_dropout, NUM_CLASSES, y)
+        t = torch.randint(0, len(alphas), (batch_size,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         a = alphas[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        pred = model(x_t, timestep=t, class_labels=y).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # (B, 1, 16, 16)
+        loss = torch.nn.functional.mse_loss(predict(model, x_t, t, y), noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -110,18 +112,40 @@ def train_dit(out: Path, *, steps: int, batch_size: int = 64, lr: float = 3e-4, 
             for p_ema, p in zip(ema.parameters(), model.parameters()):
                 p_ema.lerp_(p, 1 - decay)
         losses.append(loss.item())
-    out.mkdir(parents=True, exist_ok=True)
-    # fp16 halves the shipped file (5.6 MB); the demo loads it back in float32.
-    ema.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    return ema, losses
+
+
+def _finish(out: Path, name: str, losses: list[float], model: torch.nn.Module, start: float, **fields: Any) -> dict:
+    """Write the schedule, the training record and the loss curve next to the saved weights."""
     (out / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2) + "\n")
-    record = dict(model="dit-digits", steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                  ema_decay=ema_decay, seconds=round(time.perf_counter() - start, 1),
+    record = dict(model=name, **fields, seconds=round(time.perf_counter() - start, 1),
                   final_loss_mean_100=sum(losses[-100:]) / min(100, len(losses)),
                   parameters=sum(p.numel() for p in model.parameters()),
                   torch=torch.__version__, threads=torch.get_num_threads())
     (out / "train_log.json").write_text(json.dumps(record, indent=2) + "\n")
-    _save_loss_curve(losses, out / "loss.png", f"dit-digits, {steps} steps")
+    _save_loss_curve(losses, out / "loss.png", f"{name}, {fields['steps']} steps")
     return record
+
+
+def train_dit(out: Path, *, steps: int, batch_size: int = 64, lr: float = 3e-4, seed: int = 0,
+              ema_decay: float = 0.999, progress: bool = True) -> dict:
+    """Train the class-conditional demo DiT (eps prediction, DDPM linear betas) and save it.
+
+    Class dropout (0.1, null label 10) is the model's own, in its label embedding.
+    """
+    from diffusers import DiTTransformer2DModel
+
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    model = DiTTransformer2DModel(**DIT_CONFIG)
+    ema, losses = _fit_eps(model, lambda m, x, t, y: m(x, timestep=t, class_labels=y).sample, steps=steps,
+                           batch_size=batch_size, lr=lr, seed=seed, ema_decay=ema_decay, progress=progress,
+                           desc="dit-digits")
+    out.mkdir(parents=True, exist_ok=True)
+    # fp16 halves the shipped file (5.6 MB); the demo loads it back in float32.
+    ema.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    return _finish(out, "dit-digits", losses, model, start, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                   ema_decay=ema_decay)
 
 
 def train_unet(out: Path, *, steps: int, batch_size: int = 64, lr: float = 3e-4, seed: int = 0,
@@ -131,53 +155,25 @@ def train_unet(out: Path, *, steps: int, batch_size: int = 64, lr: float = 3e-4,
     Labels are dropped to the null token ``NUM_CLASSES`` with probability 0.1 (for guidance).
     Writes the UNet (diffusers format) and ``class_tokens.safetensors`` (``(11, 32)``).
     """
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
 
+    start = time.perf_counter()
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    images, labels = load_digits()
     unet = UNet2DConditionModel(**UNET_CONFIG)
     tokens = torch.nn.Embedding(NUM_CLASSES + 1, UNET_CONFIG["cross_attention_dim"])
     modules = torch.nn.ModuleDict({"unet": unet, "tokens": tokens})
-    ema = copy.deepcopy(modules).eval().requires_grad_(False)
-    alphas = DDPMScheduler(**SCHEDULER_CONFIG).alphas_cumprod
-    optimizer = torch.optim.AdamW(modules.parameters(), lr=lr, weight_decay=0.0)
-    losses: list[float] = []
-    start = time.perf_counter()
-    for step in tqdm(range(steps), disable=not progress, desc="unet-digits"):
-        index = torch.randint(0, len(images), (batch_size,), generator=generator)
-        x0, y = images[index], labels[index]
-        drop = torch.rand(batch_size, generator=generator) < CLASS_DROPOUT
-        y = torch.where(drop, NUM_CLASSES, y)
-        t = torch.randint(0, len(alphas), (batch_size,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
-        a = alphas[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        pred = unet(x_t, t, encoder_hidden_states=tokens(y)[:, None]).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
-        optimizer.step()
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), modules.parameters()):
-                p_ema.lerp_(p, 1 - decay)
-        losses.append(loss.item())
+
+    def predict(m: Any, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return m["unet"](x, t, encoder_hidden_states=m["tokens"](y)[:, None]).sample  # one token per image
+
+    ema, losses = _fit_eps(modules, predict, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                           ema_decay=ema_decay, progress=progress, desc="unet-digits", label_dropout=CLASS_DROPOUT)
     out.mkdir(parents=True, exist_ok=True)
     ema["unet"].to(torch.float16).save_pretrained(out, safe_serialization=True)
     save_file({"weight": ema["tokens"].weight.detach().contiguous()}, str(out / "class_tokens.safetensors"))
-    (out / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2) + "\n")
-    record = dict(model="unet-digits", steps=steps, batch_size=batch_size, lr=lr, seed=seed, ema_decay=ema_decay,
-                  class_dropout=CLASS_DROPOUT, seconds=round(time.perf_counter() - start, 1),
-                  final_loss_mean_100=sum(losses[-100:]) / min(100, len(losses)),
-                  parameters=sum(p.numel() for p in modules.parameters()), torch=torch.__version__,
-                  threads=torch.get_num_threads())
-    (out / "train_log.json").write_text(json.dumps(record, indent=2) + "\n")
-    _save_loss_curve(losses, out / "loss.png", f"unet-digits, {steps} steps")
-    return record
+    return _finish(out, "unet-digits", losses, modules, start, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                   ema_decay=ema_decay, class_dropout=CLASS_DROPOUT)
 
 
 def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
