@@ -47,3 +47,17 @@ def test_training_commands_run_on_a_reduced_budget(tmp_path, model, capsys):
 
         reloaded = UNet2DConditionModel.from_pretrained(tmp_path)
         assert reloaded.config.cross_attention_dim == 32 and (tmp_path / "class_tokens.safetensors").exists()
+
+
+def test_the_demo_unet_draws_the_requested_digits_with_tiec():
+    from tiec.cli import DEMO_DEFAULTS
+    from tiec.demo.sampling import sample_digits
+
+    demo, classifier = load("unet-digits"), load("digits-classifier")
+    labels = [i % 10 for i in range(20)]
+    result = sample_digits(demo, labels, keys=DEMO_DEFAULTS["keys"], policy=DEMO_DEFAULTS["policy"],
+                           guidance_scale=DEMO_DEFAULTS["guidance_scale"], seed=77)
+    assert result.encoder_calls == 17 and result.decoder_calls == 50
+    with torch.no_grad():
+        accuracy = (classifier(result.sample.clamp(-1, 1)).argmax(1) == torch.tensor(labels)).float().mean().item()
+    assert accuracy >= 0.9, accuracy
