@@ -54,6 +54,11 @@ def _denoiser(pipe: Any) -> tuple[str, Any]:
     )
 
 
+def _first_time(t: Any) -> float:
+    """The call's timestep as a float (pipelines pass a number, a 0-d or a per-sample tensor)."""
+    return float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
+
+
 class _ForwardPatch:
     """Replace ``module.forward`` on the instance; undo exactly, refusing if someone wrapped on top."""
 
@@ -143,7 +148,7 @@ class PipelineCache:
         return True
 
     def _in_schedule(self, t: Any) -> bool:
-        time = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
+        time = _first_time(t)
         return self._timesteps is not None and time <= float(self._timesteps.max()) * (1 + 1e-5)
 
     # -- the patched forwards ------------------------------------------------------------------
@@ -171,7 +176,7 @@ class PipelineCache:
         def forward(*args: Any, **kwargs: Any) -> Any:
             bound = signature.bind(*args, **kwargs)
             sample, t = list(bound.arguments.values())[:2]
-            time = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
+            time = _first_time(t)
             batch = (tuple(sample.shape), sample.dtype, sample.device)
             last = self._controlnet_last
             if (self._sync() and self._in_schedule(t) and last is not None and last[0] == batch
