@@ -45,6 +45,7 @@ def test_sparse_keys_from_timesteps(model):
     run(cached, scheduler, 10, x())
     assert split.encode_calls == cached.encoder_calls == 4  # steps 0, 3, 6, 9
     assert split.decode_calls == 10
+    assert cached.key_steps == (0, 3, 6, 9)
 
 
 @torch.no_grad()
@@ -83,6 +84,7 @@ def test_open_ended_counts_distinct_times(model):
         cached(x(), t)
     assert split.encode_calls == 2  # 9 is step 0, both calls at 8 are step 1, 7 is step 2
     assert cached.cache.times == (7.0,)
+    assert cached.key_steps is None  # open-ended: no step count to place keys in
 
 
 @torch.no_grad()

@@ -55,7 +55,13 @@ def test_samples_are_classified_as_the_requested_class():
         (["--model", "no/such/folder"], "--model 'no/such/folder' is neither a demo model"),
         (["--class-labels", "3,12"], "--class-labels '3,12': labels must be in [0, 9], got [12]"),
         (["--class-labels", "three"], "is not a comma-separated list of integers"),
-        (["--steps", "0"], "--num-images and --steps must be >= 1"),
+        (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--num-images", "-1"], "--num-images must be >= 1, got -1"),
+        (["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
+        (["--prompt", "a cat"], "--prompt does not apply to the class-conditional demo model 'dit-digits'"),
+        (["--decoder-start", "1"], "--decoder-start does not apply to the demo model 'dit-digits'"),
+        (["--model", "unet-digits", "--encoder-blocks", "2"],
+         "--encoder-blocks does not apply to the demo model 'unet-digits'; use --decoder-start"),
     ],
 )
 def test_bad_input_is_one_line_with_exit_code_2(tmp_path, argv, message, capsys):
@@ -68,11 +74,20 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, argv, message, capsys)
     assert not (tmp_path / "out" / "record.json").exists()
 
 
-def test_a_folder_that_is_not_a_pipeline(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["generate", "--model", str(tmp_path), "--out", str(tmp_path / "out")])
-    assert exit_info.value.code == 2
-    assert "diffusers pipeline folders are not supported by this version yet" in capsys.readouterr().err
+def test_the_demo_unet_with_a_deeper_decoder_in_bfloat16(tmp_path):
+    assert main(["generate", "--model", "unet-digits", "--class-labels", "4,2", "--steps", "8", "--decoder-start", "1",
+                 "--dtype", "bfloat16", "--out", str(tmp_path), "--quiet", "--compare"]) == 0
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["model"] == "unet-digits" and record["dtype"] == "bfloat16" and record["decoder_start"] == 1
+    assert record["key_steps"] == [0, 3, 6] and (record["encoder_calls"], record["decoder_calls"]) == (3, 8)
+    assert 0 < record["compare"]["mac_ratio"] < 1
+    assert record["images"] == ["images/00000.png", "images/00001.png"]
+    assert all((tmp_path / name).stat().st_size > 0 for name in record["images"])
+
+
+def test_generate_is_the_default_command(tmp_path):
+    assert main(["--steps", "2", "--class-labels", "0", "--out", str(tmp_path), "--quiet", "--no-count-macs"]) == 0
+    assert json.loads((tmp_path / "record.json").read_text())["macs"] is None
 
 
 def test_an_output_path_that_cannot_be_written(tmp_path, capsys):

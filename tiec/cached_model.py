@@ -16,7 +16,7 @@ import torch
 from ._errors import TiecTypeError, TiecValueError
 from .blend import Features
 from .cache import EncoderCache
-from .policies import Linear, PolicyLike
+from .policies import Linear, Lookahead, PolicyLike, get_policy
 from .protocol import Split
 from .schedules import KeysLike, get_schedule
 
@@ -97,6 +97,11 @@ class CachedModel:
             raise TiecValueError(
                 f"coordinate must be 't', 'step' or a function of t, got {coordinate!r}"
             )
+        if isinstance(get_policy(policy), Lookahead):
+            raise TiecValueError(
+                "the lookahead policy predicts latents inside tiec.sample's loop; a CachedModel only sees "
+                "model calls. Use policy='linear' here, or sample with tiec.sample"
+            )
         self.split = split
         self.schedule = get_schedule(keys)
         self.coordinate = coordinate
@@ -150,6 +155,11 @@ class CachedModel:
     @property
     def policy(self) -> Any:
         return self.cache.policy
+
+    @property
+    def key_steps(self) -> Optional[tuple[int, ...]]:
+        """The key steps of the current timesteps, ascending; ``None`` while open-ended."""
+        return None if self._times is None else tuple(sorted(self._key_steps))
 
     def __repr__(self) -> str:
         steps = "open-ended" if self._times is None else f"{len(self._times)} steps"

@@ -54,16 +54,11 @@ class DemoDiT:
         return DiTSplit(self.transformer, encoder_blocks=depth if encoder_blocks is None else encoder_blocks)
 
     def scheduler(self, kind: str = "ddim") -> Any:
-        """A diffusers scheduler of ``kind`` (``ddim``, ``dpm``, ``euler``, ``heun``, ``unipc``, ``ddpm``)."""
-        import diffusers
+        """A diffusers scheduler of ``kind`` (a name in :data:`tiec.adapters.diffusers.SCHEDULERS`)."""
+        from ..adapters.diffusers import make_scheduler
 
-        classes = {"ddim": diffusers.DDIMScheduler, "dpm": diffusers.DPMSolverMultistepScheduler,
-                   "euler": diffusers.EulerDiscreteScheduler, "heun": diffusers.HeunDiscreteScheduler,
-                   "unipc": diffusers.UniPCMultistepScheduler, "ddpm": diffusers.DDPMScheduler}
-        if kind not in classes:
-            raise TiecValueError(f"scheduler {kind!r} is unknown; expected one of {sorted(classes)}")
         extra = {"clip_sample": False} if kind in ("ddim", "ddpm") else {}
-        return classes[kind](**self.scheduler_config, **extra)
+        return make_scheduler(kind, {**self.scheduler_config, **extra})
 
 
 class ClassTokenSplit:
@@ -107,9 +102,11 @@ def _require_weights(name: str) -> Path:
     return path
 
 
-def load(name: str, *, device: Union[str, torch.device] = "cpu", path: Optional[Path] = None) -> Any:
+def load(name: str, *, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
+         path: Optional[Path] = None) -> Any:
     """Load a demo model by name: ``"dit-digits"`` (:class:`DemoDiT`), ``"unet-digits"``
     (:class:`DemoUNet`) or ``"digits-classifier"``; ``path`` overrides the shipped weights' folder.
+    ``dtype`` applies to the diffusion models (the classifier stays float32).
 
     Examples:
         >>> from tiec.demo import load
@@ -133,11 +130,11 @@ def load(name: str, *, device: Union[str, torch.device] = "cpu", path: Optional[
         from diffusers import UNet2DConditionModel
         from safetensors.torch import load_file
 
-        unet = UNet2DConditionModel.from_pretrained(path, torch_dtype=torch.float32).eval().to(device)
+        unet = UNet2DConditionModel.from_pretrained(path, torch_dtype=dtype).eval().to(device)
         weight = load_file(str(path / "class_tokens.safetensors"))["weight"]
-        tokens = torch.nn.Embedding.from_pretrained(weight.float(), freeze=True).to(device)
+        tokens = torch.nn.Embedding.from_pretrained(weight.to(dtype), freeze=True).to(device)
         return DemoUNet(unet, scheduler_config, tokens=tokens)
     from diffusers import DiTTransformer2DModel
 
-    transformer = DiTTransformer2DModel.from_pretrained(path, torch_dtype=torch.float32).eval().to(device)
+    transformer = DiTTransformer2DModel.from_pretrained(path, torch_dtype=dtype).eval().to(device)
     return DemoDiT(transformer, scheduler_config)

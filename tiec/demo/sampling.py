@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
 from ..loop import SampleResult, sample
 
-__all__ = ["sample_digits", "to_unit", "save_grid"]
+__all__ = ["sample_digits", "to_unit"]
 
 
 @torch.no_grad()
@@ -26,14 +25,16 @@ def sample_digits(demo: Any, labels: Sequence[int], *, steps: int = 50, schedule
     """
     labels_t = torch.as_tensor(list(labels), dtype=torch.long)
     shape = (1, demo.transformer.config.in_channels, demo.resolution, demo.resolution)  # (1, C, H, W)
+    weight = next(demo.transformer.parameters())
     noise = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i))
-                       for i in range(len(labels_t))])
+                       for i in range(len(labels_t))]).to(weight.device, weight.dtype)
+    labels_t = labels_t.to(weight.device)
     guided = guidance_scale != 1.0
     return sample(
         demo.split(encoder_blocks), demo.scheduler(scheduler), noise, num_inference_steps=steps, keys=keys,
         policy=policy, coordinate=coordinate, cond={"class_labels": labels_t},
         guidance=guidance_scale if guided else None,
-        uncond={"class_labels": torch.tensor([demo.null_label])} if guided else None,
+        uncond={"class_labels": torch.tensor([demo.null_label], device=weight.device)} if guided else None,
         parallel_decode=parallel_decode, progress=progress,
     )
 
@@ -41,20 +42,3 @@ def sample_digits(demo: Any, labels: Sequence[int], *, steps: int = 50, schedule
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """Model space [-1, 1] to [0, 1], clamped."""
     return (images.float() / 2 + 0.5).clamp(0, 1)
-
-
-def save_grid(images: torch.Tensor, path: Path, *, columns: int = 10, scale: int = 4) -> None:
-    """Save ``(N, C, H, W)`` images in [0, 1] as one PNG grid, written to a temporary name first."""
-    from PIL import Image
-
-    n, c, h, w = images.shape
-    rows = (n + columns - 1) // columns
-    grid = torch.ones(c, rows * (h + 1) + 1, columns * (w + 1) + 1)
-    for i, image in enumerate(images):
-        r, col = divmod(i, columns)
-        grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + col * (w + 1): 1 + col * (w + 1) + w] = image
-    array = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
-    picture = Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
-    tmp = path.with_name(path.name + ".part")
-    picture.save(tmp, format="PNG")
-    tmp.replace(path)

@@ -1,0 +1,292 @@
+"""What ``tiec generate`` runs: a demo model, or a diffusers pipeline from a local folder.
+
+A *job* makes its images for a given key schedule (``job(keys, progress=...)``); the command line
+times it, counts its MACs in a separate pass and writes the files. Image ``i`` of a job always
+starts from the noise of seed ``seed + i``, whatever else is sampled beside it, so a subset of the
+images can be remade on its own.
+
+Bad input raises :class:`UsageError`, whose message names the command-line option and the fix.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ._errors import TiecError, TiecValueError
+from .policies import Lookahead, get_policy
+from .schedules import get_schedule
+
+__all__ = ["DEMO_MODELS", "UsageError", "Images", "DemoJob", "PipelineJob", "DTYPES", "PIPELINES", "check_keys_and_policy"]
+
+#: The demo models ``tiec generate`` samples (``tiec.demo.MODELS`` less the classifier).
+DEMO_MODELS = ("dit-digits", "unet-digits")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+#: Pipeline classes ``tiec generate --model PATH`` runs, and what conditions them.
+PIPELINES = {
+    "StableDiffusionPipeline": "prompt",
+    "StableDiffusionXLPipeline": "prompt",
+    "IFPipeline": "prompt",
+    "DiTPipeline": "class-labels",
+}
+
+
+class UsageError(TiecValueError):
+    """Bad command-line input: reported in one line with exit code 2."""
+
+
+@dataclass(frozen=True)
+class Images:
+    """A job's output: ``pixels`` is ``(N, C, H, W)`` float32 in [0, 1] on the CPU."""
+
+    pixels: torch.Tensor
+    key_steps: tuple[int, ...]
+    encoder_calls: int
+    decoder_calls: int
+
+
+def check_keys_and_policy(keys: str, policy: str, steps: int) -> None:
+    """Validate ``--keys`` and ``--policy`` before any work, naming the option."""
+    try:
+        get_schedule(keys).key_steps(steps)
+    except TiecError as error:
+        raise UsageError(f"--keys {keys!r}: {error}") from None
+    try:
+        get_policy(policy)
+    except TiecError as error:
+        raise UsageError(f"--policy {policy!r}: {error}") from None
+
+
+def parse_labels(text: Optional[str], num_classes: int) -> list[int]:
+    """``--class-labels`` as a list; every class when ``None``."""
+    if text is None:
+        return list(range(num_classes))
+    try:
+        labels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--class-labels {text!r} is not a comma-separated list of integers, e.g. 0,3,7") from None
+    bad = [label for label in labels if not 0 <= label < num_classes]
+    if bad or not labels:
+        raise UsageError(f"--class-labels {text!r}: labels must be in [0, {num_classes - 1}], got {bad or 'none'}")
+    return labels
+
+
+def _reject(option: str, value: Any, target: str, hint: str) -> None:
+    if value is not None:
+        raise UsageError(f"{option} does not apply to {target}; {hint}")
+
+
+class DemoJob:
+    """Sample a demo model (``dit-digits`` or ``unet-digits``) with tiec's own loop."""
+
+    def __init__(self, name: str, *, class_labels: Optional[str], num_images: int, prompt: Optional[str],
+                 negative_prompt: Optional[str], steps: int, scheduler: Optional[str], policy: str,
+                 guidance_scale: float, encoder_blocks: Optional[int], decoder_start: Optional[int],
+                 parallel_decode: bool, seed: int, device: str, dtype: str) -> None:
+        from .demo import load
+        from .demo.data import NUM_CLASSES
+
+        _reject("--prompt", prompt, f"the class-conditional demo model {name!r}", "use --class-labels")
+        _reject("--negative-prompt", negative_prompt, f"the demo model {name!r}", "drop it")
+        is_dit = name == "dit-digits"
+        _reject("--decoder-start" if is_dit else "--encoder-blocks", decoder_start if is_dit else encoder_blocks,
+                f"the demo model {name!r}", f"use {'--encoder-blocks' if is_dit else '--decoder-start'}")
+        self.labels = parse_labels(class_labels, NUM_CLASSES) * num_images
+        self.model = load(name, device=device, dtype=DTYPES[dtype])
+        self.depth = encoder_blocks if is_dit else decoder_start
+        self.settings = dict(model=name, class_labels=self.labels, steps=steps, scheduler=scheduler or "ddim",
+                             policy=policy, guidance_scale=guidance_scale, parallel_decode=parallel_decode,
+                             seed=seed, device=device, dtype=dtype,
+                             **({"encoder_blocks": encoder_blocks} if is_dit else {"decoder_start": decoder_start}))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @torch.no_grad()
+    def __call__(self, keys: Any, *, progress: bool) -> Images:
+        from .demo.sampling import sample_digits, to_unit
+
+        s = self.settings
+        result = sample_digits(self.model, self.labels, steps=s["steps"], scheduler=s["scheduler"], keys=keys,
+                               policy=s["policy"], guidance_scale=s["guidance_scale"], encoder_blocks=self.depth,
+                               parallel_decode=s["parallel_decode"], seed=s["seed"], progress=progress)
+        return Images(to_unit(result.sample).cpu(), tuple(result.key_steps), result.encoder_calls,
+                      result.decoder_calls)
+
+
+def _read_index(path: Path) -> str:
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise UsageError(f"--model {str(path)!r} is not a diffusers pipeline folder (no model_index.json); "
+                         "pass a folder written by save_pretrained, or a demo model name")
+    try:
+        class_name = json.loads(index.read_text())["_class_name"]
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"--model {str(path)!r}: model_index.json has no '_class_name'; "
+                         "is it a diffusers pipeline folder?") from None
+    if class_name not in PIPELINES:
+        raise UsageError(f"--model {str(path)!r} holds a {class_name}, which tiec generate does not run; "
+                         f"supported: {', '.join(PIPELINES)}")
+    return class_name
+
+
+class PipelineJob:
+    """Run a diffusers pipeline saved in a local folder, with :func:`tiec.adapters.diffusers.cached`.
+
+    The pipeline class comes from ``model_index.json``; nothing is downloaded
+    (``local_files_only=True``).
+    """
+
+    def __init__(self, path: Path, *, class_labels: Optional[str], num_images: int, prompt: Optional[str],
+                 negative_prompt: Optional[str], steps: int, scheduler: Optional[str], policy: str,
+                 guidance_scale: Optional[float], encoder_blocks: Optional[int], decoder_start: Optional[int],
+                 parallel_decode: bool, seed: int, device: str, dtype: str, progress: bool = True) -> None:
+        class_name = _read_index(path)
+        kind = PIPELINES[class_name]
+        target = f"a {class_name}"
+        if kind == "prompt":
+            if not prompt:
+                raise UsageError(f"--prompt is required for {target}, e.g. --prompt 'a photo of a cat'")
+            _reject("--class-labels", class_labels, target, "describe the image with --prompt")
+        else:
+            _reject("--prompt", prompt, target, "use --class-labels")
+            _reject("--negative-prompt", negative_prompt, target, "drop it")
+        is_dit = class_name == "DiTPipeline"
+        _reject("--decoder-start" if is_dit else "--encoder-blocks", decoder_start if is_dit else encoder_blocks,
+                target, f"use {'--encoder-blocks' if is_dit else '--decoder-start'}")
+        _reject("--parallel-decode", True if parallel_decode else None, target,
+                "parallel decoding needs tiec's own loop (the demo models)")
+        if isinstance(get_policy(policy), Lookahead):
+            raise UsageError(f"--policy {policy!r} does not apply to {target}: lookahead predicts latents inside "
+                             "tiec's own loop (the demo models); use linear")
+        self.pipe = self._load(path, class_name, device, dtype, progress=progress)
+        if scheduler is not None:
+            from tiec.adapters.diffusers import make_scheduler
+
+            self.pipe.scheduler = make_scheduler(scheduler, self.pipe.scheduler.config)
+        self.inputs: dict[str, Any]
+        if kind == "prompt":
+            self.count = num_images
+            self.inputs = dict(prompt=prompt, num_images_per_prompt=num_images)
+            if class_name == "IFPipeline":  # IF cleans captions only with bs4 and ftfy; ask for it only then
+                from diffusers.utils import is_bs4_available, is_ftfy_available
+
+                self.inputs["clean_caption"] = is_bs4_available() and is_ftfy_available()
+            if negative_prompt is not None:
+                self.inputs["negative_prompt"] = negative_prompt
+        else:
+            labels = parse_labels(class_labels or "0", self.pipe.transformer.config.num_embeds_ada_norm)
+            self.count = len(labels) * num_images
+            self.inputs = dict(class_labels=labels * num_images)
+        if guidance_scale is None:
+            guidance_scale = inspect.signature(self.pipe.__call__).parameters["guidance_scale"].default
+        self.depth = {"encoder_blocks": encoder_blocks} if is_dit else {"decoder_start": decoder_start or 0}
+        self.settings = dict(model=str(path), pipeline=class_name, **self.inputs, steps=steps,
+                             scheduler=scheduler or type(self.pipe.scheduler).__name__, policy=policy,
+                             guidance_scale=guidance_scale, parallel_decode=False, seed=seed, device=device,
+                             dtype=dtype, **self.depth)
+        self.device = device
+
+    @staticmethod
+    def _load(path: Path, class_name: str, device: str, dtype: str, *, progress: bool) -> Any:
+        import diffusers
+        import transformers
+
+        libraries = [diffusers.utils.logging, transformers.utils.logging]
+        shown = [library.is_progress_bar_enabled() for library in libraries]
+        try:
+            for library in libraries:
+                if not progress:
+                    library.disable_progress_bar()
+            with warnings.catch_warnings():  # diffusers 0.42 renamed torch_dtype to dtype; older ones know only torch_dtype
+                warnings.filterwarnings("ignore", message="`torch_dtype` is deprecated", category=FutureWarning)
+                pipe = getattr(diffusers, class_name).from_pretrained(path, local_files_only=True,
+                                                                      torch_dtype=DTYPES[dtype])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UsageError(f"--model {str(path)!r}: diffusers could not load the {class_name} ({first})") from None
+        finally:
+            for library, was_shown in zip(libraries, shown):
+                if was_shown:
+                    library.enable_progress_bar()
+        return pipe.to(device)
+
+    def __len__(self) -> int:
+        return self.count
+
+    @torch.no_grad()
+    def __call__(self, keys: Any, *, progress: bool) -> Images:
+        from tiec.adapters.diffusers import cached
+
+        s = self.settings
+        generators = [torch.Generator(self.device).manual_seed(s["seed"] + i) for i in range(self.count)]
+        self.pipe.set_progress_bar_config(disable=not progress)
+        with cached(self.pipe, keys=keys, policy=s["policy"], **self.depth) as cache:
+            out = self.pipe(**self.inputs, num_inference_steps=s["steps"], guidance_scale=s["guidance_scale"],
+                            generator=generators, output_type="np")
+            model = cache.model
+            key_steps = model.key_steps or ()
+            return Images(torch.from_numpy(out.images).permute(0, 3, 1, 2).float().contiguous(), key_steps,
+                          model.encoder_calls, model.decoder_calls)
+
+
+def make_job(model: str, *, progress: bool = True, **options: Any) -> Any:
+    """A :class:`DemoJob` for a demo name, a :class:`PipelineJob` for a folder (``progress``: loading bars)."""
+    if model in DEMO_MODELS:
+        return DemoJob(model, **options)
+    if Path(model).is_dir():
+        return PipelineJob(Path(model), progress=progress, **options)
+    raise UsageError(f"--model {model!r} is neither a demo model ({', '.join(DEMO_MODELS)}) nor a folder")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of images in [0, 1]; ``inf`` for identical images."""
+    error = (a.double() - b.double()).pow(2).mean().item()
+    return float("inf") if error == 0 else 10 * torch.log10(torch.tensor(1.0 / error)).item()
+
+
+def save_png(pixels: torch.Tensor, path: Path, *, scale: int = 1) -> None:
+    """Save one ``(C, H, W)`` image in [0, 1] as PNG, written to a temporary name, then renamed."""
+    from PIL import Image
+
+    array = (pixels * 255).round().to(torch.uint8).permute(1, 2, 0)
+    array = array.squeeze(-1) if array.shape[-1] == 1 else array
+    picture = Image.fromarray(array.numpy())
+    if scale != 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    tmp = path.with_name(path.name + ".part")
+    picture.save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def grid(images: torch.Tensor, *, columns: int) -> torch.Tensor:
+    """``(N, C, H, W)`` images in [0, 1] tiled into one ``(C, H', W')`` image with 1-pixel white lines."""
+    n, c, h, w = images.shape
+    columns = max(1, min(columns, n))
+    rows = (n + columns - 1) // columns
+    out = torch.ones(c, rows * (h + 1) + 1, columns * (w + 1) + 1)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        out[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + col * (w + 1): 1 + col * (w + 1) + w] = image
+    return out
+
+
+def write_images(images: torch.Tensor, out: Path, *, columns: int = 10) -> list[Path]:
+    """Write ``images/00000.png``, ... and ``grid.png`` under ``out``; small images are enlarged in the grid."""
+    folder = out / "images"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(folder / f"{i:05d}.png")
+        save_png(image, paths[-1])
+    scale = max(1, 64 // images.shape[-1])
+    save_png(grid(images, columns=columns), out / "grid.png", scale=scale)
+    return paths
