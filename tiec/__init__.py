@@ -14,7 +14,7 @@ from .coordinates import scheduler_log_sigmas
 from .flops import EncoderShare, count_flops, encoder_share
 from .guidance import ClassifierFreeGuidance
 from .loop import NoiseInjection, SampleResult, StepInfo, sample
-from .policies import Hold, Linear, Policy, Polynomial, get_policy, lagrange_weights
+from .policies import Hold, Linear, Lookahead, Policy, Polynomial, get_policy, lagrange_weights
 from .protocol import Split, decode_batch
 from .schedules import KeySchedule, every_step, explicit, get_schedule, preset, uniform
 
@@ -29,6 +29,7 @@ __all__ = [
     "Hold",
     "KeySchedule",
     "Linear",
+    "Lookahead",
     "MissingDependencyError",
     "NoiseInjection",
     "Policy",

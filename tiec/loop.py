@@ -16,9 +16,10 @@ import torch
 
 from ._errors import TiecTypeError, TiecValueError
 from .cache import EncoderCache
-from .coordinates import coordinate_values
+from .coordinates import coordinate_values, scheduler_log_sigmas
 from .guidance import ClassifierFreeGuidance
-from .policies import Linear, PolicyLike
+from .lookahead import model_input_scale, predict_latent
+from .policies import Linear, Lookahead, PolicyLike
 from .progress import progress_bar
 from .protocol import Split, decode_batch
 from .schedules import KeysLike, get_schedule
@@ -91,6 +92,16 @@ def _noise_injection(value: NoiseInjection | bool | None) -> Optional[NoiseInjec
     )
 
 
+def _lookahead_sigmas(scheduler: Any, timesteps: list[Any]) -> list[float]:
+    log_sigmas = scheduler_log_sigmas(scheduler, timesteps)
+    if log_sigmas is None:
+        raise TiecValueError(
+            f"the lookahead policy needs the noise level of every step; {type(scheduler).__name__} has "
+            "neither aligned `sigmas` nor `alphas_cumprod`; use policy='linear'"
+        )
+    return [math.exp(v) for v in log_sigmas]
+
+
 def sample(
     split: Split,
     scheduler: Any,
@@ -128,7 +139,10 @@ def sample(
         keys: the key schedule over positions in ``scheduler.timesteps`` (model evaluations):
             ``None``/"all" (every step), an int ``n`` (every n-th), ``"every:N"``, a preset name, a
             list of indices, or a :class:`~tiec.KeySchedule`.
-        policy: ``"hold"``, ``"linear"`` (default), ``"polynomial(k)"`` or a :class:`~tiec.Policy`.
+        policy: ``"hold"``, ``"linear"`` (default), ``"polynomial(k)"``, ``"lookahead"``,
+            ``"lookahead-accept"`` or a :class:`~tiec.Policy`. The lookahead policies encode a
+            predicted latent of the next key at each key (:class:`~tiec.Lookahead`); those encoder
+            passes count in ``encoder_calls``.
         coordinate: what the cache blends over: ``"t"``, ``"log_sigma"``, ``"step"``, or ``"auto"``
             (log σ when the scheduler tells σ, else t).
         cond: keyword conditioning passed to ``encode`` and ``decode`` (batch ``B`` tensors).
@@ -211,17 +225,36 @@ def sample(
         if callback is not None:
             callback(StepInfo(i, t, x, output, i in key_set))
 
+    lookahead = cache.policy if isinstance(cache.policy, Lookahead) else None
+    sigmas = _lookahead_sigmas(scheduler, timesteps) if lookahead is not None else []
+
+    def look_ahead(i: int, x_key: torch.Tensor, output: torch.Tensor) -> int:
+        """Encode the predicted latent of the next key (or the last step) into the cache; 1 if done."""
+        target = next((j for j in range(i + 1, num_steps) if j in key_set), num_steps - 1)
+        if target <= i + 1 and target in key_set:
+            return 0  # no step between the keys to blend for
+        x_hat = predict_latent(scheduler, x_key, output, sigmas[i], sigmas[target])
+        x_hat_in = x_hat * model_input_scale(scheduler, sigmas[target])
+        cache.push(taus[target], split.encode(x_hat_in, timesteps[target], **cond))
+        return 1
+
     with progress_bar(total=num_steps, enabled=progress, desc="tiec") as bar:
         i = 0
         while i < num_steps:
             t = timesteps[i]
             x_in = scheduler.scale_model_input(x, t)
             if i in key_set:
-                features = split.encode(x_in, t, **cond)
-                cache.push(taus[i], features)
-                encoder_calls += 1
+                if lookahead is not None and lookahead.accept and cache.times[-1:] == (taus[i],):
+                    features = cache.get(taus[i])  # the predicted key, stored when the last key ran
+                else:
+                    features = split.encode(x_in, t, **cond)
+                    cache.push(taus[i], features)
+                    encoder_calls += 1
+                output = split.decode(features, t, **cond)
                 decoder_calls += 1
-                advance(i, split.decode(features, t, **cond))
+                if lookahead is not None:
+                    encoder_calls += look_ahead(i, x, output if output_fn is None else output_fn(output))
+                advance(i, output)
                 i += 1
                 bar.update(1)
                 continue

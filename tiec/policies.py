@@ -12,6 +12,7 @@ policy             keys needed  weights for keys ``τ_0 < … < τ_n`` (any dire
 ``hold``           1            ``1`` on the newest key (FasterDiffusion's encoder propagation)
 ``linear``         2            Lagrange line through the two newest keys (TIEC)
 ``polynomial(k)``  k + 1        Lagrange polynomial of degree ``k`` through the ``k+1`` newest keys
+``lookahead``      2            ``linear``, between the key and a *predicted* next key (:class:`Lookahead`)
 =================  ===========  ==============================================================
 
 With fewer keys stored than a policy needs, it uses the highest degree the stored keys allow; with
@@ -32,7 +33,7 @@ from typing import ClassVar, Sequence, Union
 
 from ._errors import TiecTypeError, TiecValueError
 
-__all__ = ["Policy", "Hold", "Linear", "Polynomial", "PolicyLike", "get_policy", "lagrange_weights"]
+__all__ = ["Policy", "Hold", "Linear", "Lookahead", "Polynomial", "PolicyLike", "get_policy", "lagrange_weights"]
 
 
 def lagrange_weights(knots: Sequence[float], query: float) -> tuple[float, ...]:
@@ -165,6 +166,35 @@ class Polynomial(Policy):
         return self.degree + 1
 
 
+@dataclass(frozen=True)
+class Lookahead(Linear):
+    """Interpolate toward the *next* key, whose features come from a predicted latent.
+
+    At each key the sampling loop predicts the next key's latent with a one-step jump from the
+    model output (:func:`tiec.lookahead.predict_latent`), encodes it and stores it as the next key,
+    so the steps in between blend two keys linearly instead of extrapolating past the newest.
+    At the next key, ``accept=False`` (``"lookahead"``) re-encodes the real latent: one extra
+    encoder pass per interval. ``accept=True`` (``"lookahead-accept"``) keeps the predicted
+    features: no extra pass, but the real latent is encoded only at step 0.
+
+    Only :func:`tiec.sample` can predict latents; :class:`tiec.CachedModel` and the adapters built
+    on it refuse this policy.
+
+    Examples:
+        >>> get_policy("lookahead-accept")
+        Lookahead(accept=True)
+        >>> Lookahead().weights([800.0, 600.0], 700.0)  # a plain linear blend once both keys exist
+        (0.5, 0.5)
+    """
+
+    accept: bool = False
+    name: ClassVar[str] = "lookahead"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.accept, bool):
+            raise TiecTypeError(f"accept must be a bool, got {type(self.accept).__name__} {self.accept!r}")
+
+
 PolicyLike = Union[str, Policy]
 
 _POLYNOMIAL_SPEC = re.compile(r"^poly(?:nomial)?[(:]\s*(-?\d+)\s*\)?$")
@@ -174,7 +204,8 @@ def get_policy(spec: PolicyLike) -> Policy:
     """Turn a policy name or object into a :class:`Policy`.
 
     Accepted strings: ``"hold"``, ``"linear"``, ``"polynomial(k)"`` or ``"polynomial:k"``
-    (``"poly"`` works too). A :class:`Policy` instance is returned unchanged.
+    (``"poly"`` works too), ``"lookahead"`` and ``"lookahead-accept"``. A :class:`Policy` instance is
+    returned unchanged.
 
     Examples:
         >>> get_policy("polynomial(3)")
@@ -193,9 +224,12 @@ def get_policy(spec: PolicyLike) -> Policy:
         return Hold()
     if text == "linear":
         return Linear()
+    if text in ("lookahead", "lookahead-accept"):
+        return Lookahead(accept=text.endswith("accept"))
     match = _POLYNOMIAL_SPEC.match(text)
     if match:
         return Polynomial(int(match.group(1)))
     raise TiecValueError(
-        f"policy {spec!r} is unknown; expected 'hold', 'linear' or 'polynomial(k)' with k >= 1"
+        f"policy {spec!r} is unknown; expected 'hold', 'linear', 'polynomial(k)' with k >= 1, "
+        "'lookahead' or 'lookahead-accept'"
     )
