@@ -19,7 +19,9 @@ def saved(tmp_path_factory):
 
 def generate(path, out, *argv):
     assert main(["generate", "--model", str(path), "--out", str(out), "--quiet", *argv]) == 0
-    return json.loads((out / "record.json").read_text())
+    record = json.loads((out / "record.json").read_text())
+    record["images"] = [entry["file"] for entry in json.loads((out / "index.json").read_text())["images"]]
+    return record
 
 
 INPUTS = {"sd": ["--prompt", "a red cat", "--negative-prompt", "blurry"], "sdxl": ["--prompt", "a red cat"],

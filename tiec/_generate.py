@@ -1,9 +1,9 @@
 """What ``tiec generate`` runs: a demo model, or a diffusers pipeline from a local folder.
 
-A *job* makes its images for a given key schedule (``job(keys, progress=...)``); the command line
-times it, counts its MACs in a separate pass and writes the files. Image ``i`` of a job always
-starts from the noise of seed ``seed + i``, whatever else is sampled beside it, so a subset of the
-images can be remade on its own.
+A *job* makes images ``indices`` of its run for a given key schedule
+(``job(keys, indices, progress=...)``); the command line times it, counts its MACs in a separate
+pass and writes the files. Image ``i`` of a job always starts from the noise of seed ``seed + i``,
+whatever else is sampled beside it, so the images can be made in batches, by several processes.
 
 Bad input raises :class:`UsageError`, whose message names the command-line option and the fix.
 """
@@ -111,13 +111,15 @@ class DemoJob:
         return len(self.labels)
 
     @torch.no_grad()
-    def __call__(self, keys: Any, *, progress: bool) -> Images:
+    def __call__(self, keys: Any, indices: list[int], *, progress: bool) -> Images:
         from .demo.sampling import sample_digits, to_unit
 
         s = self.settings
-        result = sample_digits(self.model, self.labels, steps=s["steps"], scheduler=s["scheduler"], keys=keys,
-                               policy=s["policy"], guidance_scale=s["guidance_scale"], encoder_blocks=self.depth,
-                               parallel_decode=s["parallel_decode"], seed=s["seed"], progress=progress)
+        result = sample_digits(self.model, [self.labels[i] for i in indices], steps=s["steps"],
+                               scheduler=s["scheduler"], keys=keys, policy=s["policy"],
+                               guidance_scale=s["guidance_scale"], encoder_blocks=self.depth,
+                               parallel_decode=s["parallel_decode"], seeds=[s["seed"] + i for i in indices],
+                               progress=progress)
         return Images(to_unit(result.sample).cpu(), tuple(result.key_steps), result.encoder_calls,
                       result.decoder_calls)
 
@@ -175,7 +177,7 @@ class PipelineJob:
         self.inputs: dict[str, Any]
         if kind == "prompt":
             self.count = num_images
-            self.inputs = dict(prompt=prompt, num_images_per_prompt=num_images)
+            self.inputs = dict(prompt=prompt)
             if class_name == "IFPipeline":  # IF cleans captions only with bs4 and ftfy; ask for it only then
                 from diffusers.utils import is_bs4_available, is_ftfy_available
 
@@ -189,7 +191,7 @@ class PipelineJob:
         if guidance_scale is None:
             guidance_scale = inspect.signature(self.pipe.__call__).parameters["guidance_scale"].default
         self.depth = {"encoder_blocks": encoder_blocks} if is_dit else {"decoder_start": decoder_start or 0}
-        self.settings = dict(model=str(path), pipeline=class_name, **self.inputs, steps=steps,
+        self.settings = dict(model=str(path), pipeline=class_name, **self.inputs, num_images=self.count, steps=steps,
                              scheduler=scheduler or type(self.pipe.scheduler).__name__, policy=policy,
                              guidance_scale=guidance_scale, parallel_decode=False, seed=seed, device=device,
                              dtype=dtype, **self.depth)
@@ -223,14 +225,19 @@ class PipelineJob:
         return self.count
 
     @torch.no_grad()
-    def __call__(self, keys: Any, *, progress: bool) -> Images:
+    def __call__(self, keys: Any, indices: list[int], *, progress: bool) -> Images:
         from tiec.adapters.diffusers import cached
 
         s = self.settings
-        generators = [torch.Generator(self.device).manual_seed(s["seed"] + i) for i in range(self.count)]
+        generators = [torch.Generator(self.device).manual_seed(s["seed"] + i) for i in indices]
+        inputs = dict(self.inputs)
+        if "class_labels" in inputs:
+            inputs["class_labels"] = [inputs["class_labels"][i] for i in indices]
+        else:
+            inputs["num_images_per_prompt"] = len(indices)
         self.pipe.set_progress_bar_config(disable=not progress)
         with cached(self.pipe, keys=keys, policy=s["policy"], **self.depth) as cache:
-            out = self.pipe(**self.inputs, num_inference_steps=s["steps"], guidance_scale=s["guidance_scale"],
+            out = self.pipe(**inputs, num_inference_steps=s["steps"], guidance_scale=s["guidance_scale"],
                             generator=generators, output_type="np")
             model = cache.model
             key_steps = model.key_steps or ()
@@ -251,42 +258,3 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """Peak signal-to-noise ratio in dB of images in [0, 1]; ``inf`` for identical images."""
     error = (a.double() - b.double()).pow(2).mean().item()
     return float("inf") if error == 0 else 10 * torch.log10(torch.tensor(1.0 / error)).item()
-
-
-def save_png(pixels: torch.Tensor, path: Path, *, scale: int = 1) -> None:
-    """Save one ``(C, H, W)`` image in [0, 1] as PNG, written to a temporary name, then renamed."""
-    from PIL import Image
-
-    array = (pixels * 255).round().to(torch.uint8).permute(1, 2, 0)
-    array = array.squeeze(-1) if array.shape[-1] == 1 else array
-    picture = Image.fromarray(array.numpy())
-    if scale != 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    tmp = path.with_name(path.name + ".part")
-    picture.save(tmp, format="PNG")
-    tmp.replace(path)
-
-
-def grid(images: torch.Tensor, *, columns: int) -> torch.Tensor:
-    """``(N, C, H, W)`` images in [0, 1] tiled into one ``(C, H', W')`` image with 1-pixel white lines."""
-    n, c, h, w = images.shape
-    columns = max(1, min(columns, n))
-    rows = (n + columns - 1) // columns
-    out = torch.ones(c, rows * (h + 1) + 1, columns * (w + 1) + 1)
-    for i, image in enumerate(images):
-        r, col = divmod(i, columns)
-        out[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + col * (w + 1): 1 + col * (w + 1) + w] = image
-    return out
-
-
-def write_images(images: torch.Tensor, out: Path, *, columns: int = 10) -> list[Path]:
-    """Write ``images/00000.png``, ... and ``grid.png`` under ``out``; small images are enlarged in the grid."""
-    folder = out / "images"
-    folder.mkdir(exist_ok=True)
-    paths = []
-    for i, image in enumerate(images):
-        paths.append(folder / f"{i:05d}.png")
-        save_png(image, paths[-1])
-    scale = max(1, 64 // images.shape[-1])
-    save_png(grid(images, columns=columns), out / "grid.png", scale=scale)
-    return paths

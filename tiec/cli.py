@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -16,8 +17,11 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ._errors import TiecError
-from ._generate import DEMO_MODELS, DTYPES, Images, UsageError, check_keys_and_policy, make_job, psnr, write_images
+from ._generate import DEMO_MODELS, DTYPES, Images, UsageError, check_keys_and_policy, make_job
+from ._processes import process_state
+from ._store import ImageStore, batches, pending
 from .flops import count_flops
+from .progress import progress_bar
 from .schedules import get_schedule
 
 __all__ = ["main"]
@@ -42,23 +46,85 @@ def _write_json(path: Path, record: dict) -> None:
     tmp.replace(path)
 
 
-def _measure(job: Any, keys: Any, *, progress: bool, count_macs: bool) -> tuple[Images, dict]:
-    """Run ``job`` timed. With ``count_macs``, first run it under ``FlopCounterMode`` (untimed, so the
-    counter's overhead stays out of the time; it also warms the model up) and check both runs agree."""
+def _measure(job: Any, keys: Any, batch: list[int], *, progress: bool, count_macs: bool) -> tuple[Images, dict]:
+    """Run ``job`` on ``batch`` timed. With ``count_macs``, first run it under ``FlopCounterMode``
+    (untimed, so the counter's overhead stays out of the time; it also warms the model up) and
+    check that both runs agree."""
     macs = counted = None
     if count_macs:
-        flops, counted = count_flops(job, keys, progress=progress)
+        flops, counted = count_flops(job, keys, batch, progress=progress)
         macs = flops // 2
     start = time.perf_counter()
-    images = job(keys, progress=progress)
+    images = job(keys, batch, progress=progress)
     seconds = time.perf_counter() - start
     if counted is not None and not torch.equal(counted.pixels, images.pixels):
         raise TiecError("the MAC-counting run made other images than the timed run; is the model deterministic?")
-    return images, dict(key_steps=list(images.key_steps), encoder_calls=images.encoder_calls,
-                        decoder_calls=images.decoder_calls, macs=macs, seconds=round(seconds, 3))
+    return images, dict(encoder_calls=images.encoder_calls, decoder_calls=images.decoder_calls, macs=macs,
+                        seconds=seconds)
 
 
-def _generate(args: argparse.Namespace) -> dict:
+def _add(total: dict, part: dict) -> None:
+    for name, value in part.items():
+        total[name] = None if value is None or total.get(name, 0) is None else total.get(name, 0) + value
+
+
+def _work(job: Any, store: ImageStore, todo: list[list[int]], args: argparse.Namespace, keys: str) -> dict:
+    """Make this process's batches; write the images not yet done. Returns summed statistics."""
+    done = store.done()
+    stats: dict[str, Any] = dict(images_generated=0, batches=len(todo))
+    reference: dict[str, Any] = {}
+    squared_error = pixels = 0.0
+    key_steps: list[int] = []
+    show_steps = not args.quiet and len(todo) == 1
+    with progress_bar(total=sum(map(len, todo)), enabled=not args.quiet and len(todo) > 1, desc="images") as bar:
+        for batch in todo:
+            images, measured = _measure(job, keys, batch, progress=show_steps, count_macs=args.count_macs)
+            _add(stats, measured)
+            key_steps = list(images.key_steps)
+            for k, index in enumerate(batch):
+                if index not in done:
+                    store.write(index, images.pixels[k])
+                    stats["images_generated"] += 1
+            if args.compare:
+                ref_images, ref = _measure(job, None, batch, progress=show_steps, count_macs=args.count_macs)
+                _add(reference, ref)
+                squared_error += (images.pixels.double() - ref_images.pixels.double()).pow(2).sum().item()
+                pixels += images.pixels.numel()
+            bar.update(len(batch))
+    stats["key_steps"] = key_steps
+    if args.compare:
+        stats["compare"] = dict(reference, squared_error=squared_error, pixels=pixels)
+    return stats
+
+
+def _merge(parts: list[dict]) -> dict:
+    """One record from the processes' statistics; ``seconds`` is the slowest process's time."""
+    merged: dict[str, Any] = {}
+    for part in parts:
+        _add(merged, {k: part[k] for k in ("images_generated", "encoder_calls", "decoder_calls", "macs")
+                      if k in part})
+    merged["seconds"] = max((part.get("seconds", 0.0) for part in parts), default=0.0)
+    merged["key_steps"] = next((part["key_steps"] for part in parts if part["key_steps"]), [])
+    compares = [part["compare"] for part in parts if "compare" in part]
+    if compares:
+        reference: dict[str, Any] = {}
+        for c in compares:
+            _add(reference, {k: c.get(k, 0) for k in ("encoder_calls", "decoder_calls", "macs")})
+        seconds = max(c.get("seconds", 0.0) for c in compares)
+        error = sum(c["squared_error"] for c in compares) / max(1.0, sum(c["pixels"] for c in compares))
+        merged["compare"] = dict(
+            seconds=round(seconds, 3), **reference,
+            speedup=round(seconds / merged["seconds"], 3) if merged["seconds"] else None,
+            mac_ratio=round(merged["macs"] / reference["macs"], 4) if merged.get("macs") and reference.get("macs") else None,
+            psnr_db=round(10 * math.log10(1.0 / error), 2) if error > 0 else float("inf"),
+        )
+    merged["seconds"] = round(merged["seconds"], 3)
+    return merged
+
+
+def _generate(args: argparse.Namespace) -> Optional[dict]:
+    """Run ``tiec generate`` in this process; the main process returns the record, the others ``None``."""
+    state = process_state(args.device)
     is_demo = args.model in DEMO_MODELS
     keys = args.keys or DEMO_DEFAULTS["keys"]
     policy = args.policy or DEMO_DEFAULTS["policy"]
@@ -66,45 +132,67 @@ def _generate(args: argparse.Namespace) -> dict:
     if guidance is None and is_demo:
         guidance = DEMO_DEFAULTS["guidance_scale"]
     check_keys_and_policy(keys, policy, args.steps)
+    device = state.device_for(args.device)
     job = make_job(args.model, class_labels=args.class_labels, num_images=args.num_images, prompt=args.prompt,
                    negative_prompt=args.negative_prompt, steps=args.steps, scheduler=args.scheduler,
                    policy=policy, guidance_scale=guidance, encoder_blocks=args.encoder_blocks,
                    decoder_start=args.decoder_start, parallel_decode=args.parallel_decode, seed=args.seed,
-                   device=args.device, dtype=args.dtype, progress=not args.quiet)
+                   device=device, dtype=args.dtype, progress=not args.quiet and state.is_main_process)
     out = _output_dir(args.out)
-    progress = not args.quiet
-    images, measured = _measure(job, keys, progress=progress, count_macs=args.count_macs)
-    files = write_images(images.pixels, out, columns=10 if is_demo else 4)
-    record = dict(**job.settings, keys=str(get_schedule(keys)), **measured,
-                  images=[str(path.relative_to(out)) for path in files], grid="grid.png")
-    if args.compare:
-        reference, ref = _measure(job, None, progress=progress, count_macs=args.count_macs)
-        record["compare"] = dict(
-            seconds=ref["seconds"], macs=ref["macs"], encoder_calls=ref["encoder_calls"],
-            decoder_calls=ref["decoder_calls"], speedup=round(ref["seconds"] / measured["seconds"], 3),
-            mac_ratio=None if ref["macs"] is None else round(measured["macs"] / ref["macs"], 4),
-            psnr_db=round(psnr(images.pixels, reference.pixels), 2),
-        )
+    batch_size = args.batch_size or (250 if is_demo else 4)
+    settings = {**job.settings, "device": args.device, "keys": str(get_schedule(keys)), "batch_size": batch_size}
+    store = ImageStore(out, {k: v for k, v in settings.items() if k not in ("device",)})
+    count = len(job)
+    if state.is_main_process:
+        store.prepare()
+        for old in out.glob("stats-*.json"):
+            old.unlink()
+    state.wait_for_everyone()
+    todo = pending(batches(count, batch_size), store.done())
+    skipped = count - sum(len(batch) for batch in todo)
+    with state.split(todo) as mine:
+        stats = _work(job, store, mine, args, keys)
+    _write_json(out / f"stats-{state.process_index}.json", stats)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    parts = [json.loads(path.read_text()) for path in sorted(out.glob("stats-*.json"))]
+    for path in out.glob("stats-*.json"):
+        path.unlink()
+    merged = _merge(parts)
+    record = {**settings, "num_images": count, "processes": state.num_processes, "images_skipped": skipped,
+              **merged, "index": "index.json", "grid": "grid.png"}
+    store.write_index(count, record=record)
+    store.write_grid(count, columns=10 if is_demo else 4)
+    if args.npz:
+        store.export_npz(count, out / "samples.npz")
+        record["npz"] = "samples.npz"
     return record
 
 
 def _run(args: argparse.Namespace) -> int:
     record = _generate(args)
+    if record is None:
+        return 0
     _write_json(args.out / "record.json", record)
     if not args.quiet:
-        line = f"{len(record['images'])} images in {record['seconds']:.2f} s, " \
-               f"{record['encoder_calls']} encoder / {record['decoder_calls']} decoder calls"
-        if record["macs"] is not None:
+        line = f"{record['images_generated']} images made in {record['seconds']:.2f} s"
+        if record["images_skipped"]:
+            line += f" ({record['images_skipped']} already done)"
+        line += f", {record['encoder_calls']} encoder / {record['decoder_calls']} decoder calls"
+        if record["macs"]:
             line += f", {record['macs'] / 1e9:.3g} GMACs"
         if "compare" in record:
             c = record["compare"]
-            line += (f"; every step a key took {c['seconds']:.2f} s: speed-up {c['speedup']:.2f}x, "
-                     f"PSNR {c['psnr_db']} dB")
+            line += f"; every step a key took {c['seconds']:.2f} s"
+            if c["speedup"] is not None:
+                line += f": speed-up {c['speedup']:.2f}x"
+            line += f", PSNR {c['psnr_db']} dB"
             if c["mac_ratio"] is not None:
                 line += f", {c['mac_ratio']:.2f} of the MACs"
         print(line)
-        print(f"wrote {args.out / 'grid.png'}, {len(record['images'])} images in {args.out / 'images'} "
-              f"and {args.out / 'record.json'}")
+        print(f"wrote {args.out / 'grid.png'}, {record['num_images']} images in {args.out / 'images'}, "
+              f"{args.out / 'index.json'} and {args.out / 'record.json'}")
     return 0
 
 
@@ -146,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "the pipeline's own otherwise)")
     output = generate.add_argument_group("output")
     output.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default outputs)")
+    output.add_argument("--batch-size", type=int,
+                        help="images sampled together (default: 250 for demo models, 4 for pipelines); "
+                             "part of the settings, since batching can change the last bits of an image")
+    output.add_argument("--npz", action="store_true",
+                        help="also write samples.npz (arr_0, uint8 NHWC) for FID tools (ADM/DiT layout)")
     output.add_argument("--compare", action="store_true", help="also run every step a key and report the speed-up")
     output.add_argument("--count-macs", action=argparse.BooleanOptionalAction, default=True,
                         help="count MACs with FlopCounterMode in a second, untimed run (default on)")
@@ -160,8 +253,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not argv or argv[0] not in ("generate", "-h", "--help"):
         argv = ["generate", *argv]  # generate is the default command
     args = parser.parse_args(argv)
-    for name in ("num_images", "steps"):
-        if getattr(args, name) < 1:
+    for name in ("num_images", "steps", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.exit(2, f"tiec: error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}\n")
     try:
         return _run(args)

@@ -6,6 +6,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from .._errors import TiecValueError
 from ..loop import SampleResult, sample
 
 __all__ = ["sample_digits", "to_unit"]
@@ -15,8 +16,10 @@ __all__ = ["sample_digits", "to_unit"]
 def sample_digits(demo: Any, labels: Sequence[int], *, steps: int = 50, scheduler: str = "ddim",
                   keys: Any = None, policy: Any = "linear", guidance_scale: float = 1.0,
                   encoder_blocks: Optional[int] = None, parallel_decode: bool = False, seed: int = 0,
-                  progress: bool = False, coordinate: str = "auto") -> SampleResult:
-    """Sample one image per label from a demo model; the noise of image ``i`` comes from ``seed + i``.
+                  seeds: Optional[Sequence[int]] = None, progress: bool = False,
+                  coordinate: str = "auto", noise_injection: bool = False) -> SampleResult:
+    """Sample one image per label from a demo model; the noise of image ``i`` comes from ``seed + i``,
+    or from ``seeds[i]`` when given.
 
     ``encoder_blocks`` is the split depth: DiT blocks in the encoder, or the UNet's first decoder
     up block (``None``: the model's default).
@@ -26,8 +29,11 @@ def sample_digits(demo: Any, labels: Sequence[int], *, steps: int = 50, schedule
     labels_t = torch.as_tensor(list(labels), dtype=torch.long)
     shape = (1, demo.transformer.config.in_channels, demo.resolution, demo.resolution)  # (1, C, H, W)
     weight = next(demo.transformer.parameters())
-    noise = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i))
-                       for i in range(len(labels_t))]).to(weight.device, weight.dtype)
+    seeds = [seed + i for i in range(len(labels_t))] if seeds is None else list(seeds)
+    if len(seeds) != len(labels_t):
+        raise TiecValueError(f"seeds must hold one seed per label ({len(labels_t)}), got {len(seeds)}")
+    noise = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(s))
+                       for s in seeds]).to(weight.device, weight.dtype)
     labels_t = labels_t.to(weight.device)
     guided = guidance_scale != 1.0
     return sample(
@@ -35,7 +41,7 @@ def sample_digits(demo: Any, labels: Sequence[int], *, steps: int = 50, schedule
         policy=policy, coordinate=coordinate, cond={"class_labels": labels_t},
         guidance=guidance_scale if guided else None,
         uncond={"class_labels": torch.tensor([demo.null_label], device=weight.device)} if guided else None,
-        parallel_decode=parallel_decode, progress=progress,
+        parallel_decode=parallel_decode, noise_injection=noise_injection, progress=progress,
     )
 
 
