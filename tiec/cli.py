@@ -243,16 +243,71 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--count-macs", action=argparse.BooleanOptionalAction, default=True,
                         help="count MACs with FlopCounterMode in a second, untimed run (default on)")
     output.add_argument("--quiet", action="store_true", help="no progress bars, no summary")
+    _add_bench(commands)
     return parser
+
+
+def _add_bench(commands: Any) -> None:
+    bench = commands.add_parser(
+        "bench", help="measure quality against compute, side by side with peers",
+        description="Run the benchmark grid on a demo model (or time a full-size architecture with --speed) and "
+                    "write <out>/<name>.json, .md and .png.")
+    bench.add_argument("--model", default="dit-digits", choices=list(DEMO_MODELS), help="demo model (default dit-digits)")
+    bench.add_argument("--sampler", default="ddim", choices=["ddim", "dpm"],
+                       help="ddim: DDIM 50 steps; dpm: DPM-Solver++ 20 steps (default ddim)")
+    bench.add_argument("--num-samples", type=int, default=1000, help="samples per method for the quality metrics")
+    bench.add_argument("--timing-batch", type=int, default=10, help="images per timed run (default 10)")
+    bench.add_argument("--repeats", type=int, default=5, help="timed runs per method (default 5)")
+    bench.add_argument("--batch-size", type=int, default=250, help="images sampled together (default 250)")
+    bench.add_argument("--speed", choices=["sd15-unet", "dit-xl-2"],
+                       help="instead: wall time per step of a full-size architecture with random weights")
+    bench.add_argument("--steps", type=int, default=10, help="--speed only: sampling steps per timed run (default 10)")
+    bench.add_argument("--quick", action="store_true",
+                       help="a small grid: 10 steps, 20 samples, 1 timed run of 4 images (minutes -> seconds)")
+    bench.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder (default bench-results)")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars, no summary")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import bench_demo, bench_speed, markdown_table, write_results
+
+    for name in ("num_samples", "timing_batch", "repeats", "batch_size", "steps"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    out = _output_dir(args.out)
+    command = "tiec " + " ".join(args.argv)
+    if args.speed:
+        results = bench_speed(args.speed, steps=args.steps if not args.quick else 2,
+                              repeats=args.repeats if not args.quick else 1, progress=not args.quiet)
+        stem = f"speed-{args.speed}" + ("-quick" if args.quick else "")
+    else:
+        if args.quick:
+            args.num_samples, args.timing_batch, args.repeats = 20, 4, 1
+        results = bench_demo(args.model, args.sampler, num_samples=args.num_samples, timing_batch=args.timing_batch,
+                             repeats=args.repeats, batch_size=args.batch_size, quick=args.quick,
+                             progress=not args.quiet)
+        stem = f"{args.model}-{args.sampler}" + ("-quick" if args.quick else "")
+    results["command"] = command
+    paths = write_results(results, out, stem)
+    if not args.quiet:
+        print(markdown_table(results))
+        print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``tiec`` command line; returns the exit code (2 for bad input)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("generate", "-h", "--help"):
+    if not argv or argv[0] not in ("generate", "bench", "-h", "--help"):
         argv = ["generate", *argv]  # generate is the default command
     args = parser.parse_args(argv)
+    args.argv = argv
+    if args.command == "bench":
+        try:
+            return _bench(args)
+        except TiecError as error:
+            parser.exit(2, f"tiec: error: {error}\n")
     for name in ("num_images", "steps", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.exit(2, f"tiec: error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}\n")

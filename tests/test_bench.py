@@ -1,0 +1,100 @@
+"""``tiec bench``: the quick grid end to end, the fewer-steps matching, the speed table."""
+
+import json
+
+import pytest
+
+from tiec.bench import Method, bench_speed, fewer_steps, markdown_table, method_grid
+from tiec.cli import main
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["bench", "--quick", "--quiet", "--out", str(out)]) == 0
+    return out, json.loads((out / "dit-digits-ddim-quick.json").read_text())
+
+
+def test_quick_bench_writes_json_markdown_and_plot(quick):
+    out, results = quick
+    assert results["command"] == f"tiec bench --quick --quiet --out {out}"
+    assert (out / "dit-digits-ddim-quick.png").stat().st_size > 0
+    table = (out / "dit-digits-ddim-quick.md").read_text()
+    for row in results["rows"]:
+        assert row["name"] in table
+
+
+def test_quick_bench_rows_are_measured(quick):
+    _, results = quick
+    rows = {row["name"]: row for row in results["rows"]}
+    reference = rows["reference (every step a key)"]
+    assert reference["psnr_db"] == float("inf") and reference["mac_ratio"] == 1.0 and reference["accuracy"] == 1.0
+    assert not [row for row in results["rows"] if row["error"]]
+    families = {row["family"] for row in results["rows"]}
+    assert families == {"reference", "fasterdiffusion", "tiec", "peer", "fewer-steps"}
+    linear, hold = rows["TIEC linear, keys every:3"], rows["FasterDiffusion hold, keys every:3"]
+    assert linear["macs_per_image"] == hold["macs_per_image"] < reference["macs_per_image"]
+    assert (linear["encoder_calls"], linear["decoder_calls"]) == (4, 10)
+    lookahead = rows["TIEC lookahead, keys every:3"]
+    assert lookahead["encoder_calls"] == 7 and lookahead["macs_per_image"] > linear["macs_per_image"]
+    assert 0 < linear["psnr_db"] < 100 and 0 < linear["ssim"] < 1 and linear["frechet_distance"] > 0
+    parallel = rows["TIEC linear, keys every:3, parallel decoding"]
+    assert parallel["psnr_db"] is None and len(parallel["seconds"]) == 1  # wall time only
+    for row in results["rows"]:
+        if row["family"] == "fewer-steps":
+            assert row["encoder_calls"] == row["decoder_calls"] == row["steps"] < 10
+
+
+def test_fewer_steps_match_the_macs_of_each_cached_run():
+    cached = [(Method("a", "tiec", 50, "every:3"), 340), (Method("b", "fasterdiffusion", 50, "every:3"), 340),
+              (Method("c", "peer", 50), 820), (Method("d", "tiec", 50, quality=False), 100)]
+    assert [m.steps for m in fewer_steps(cached, 1000, 50)] == [17, 41]  # wall-time rows do not count
+
+
+def test_the_full_grid_has_every_method_the_issue_names():
+    names = [m.name for m in method_grid("ddim", model="dit-digits")]
+    for keys in ("ddim-50", "every:2", "every:3", "every:5"):
+        for method in ("FasterDiffusion hold", "TIEC linear", "TIEC polynomial(2)", "TIEC lookahead",
+                       "TIEC lookahead-accept"):
+            assert f"{method}, keys {keys}" in names
+    assert any("noise injection" in n for n in names) and any("parallel decoding" in n for n in names)
+    assert any(n.startswith("DeepCache") for n in (m.name for m in method_grid("dpm", model="unet-digits")))
+
+
+def test_a_peer_that_fails_gets_a_row_with_its_error(monkeypatch):
+    import tiec._peers as peers
+    from tiec.bench import bench_demo
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the hook does not fit\nsecond line")
+
+    monkeypatch.setattr(peers, "_diffusers_hook", broken)
+    methods = [Method("reference (every step a key)", "reference", 3),
+               Method("broken peer", "peer", 3, peer="taylorseer")]
+    results = bench_demo(num_samples=4, timing_batch=2, repeats=1, methods=methods, progress=False)
+    row = results["rows"][1]
+    assert row["error"] == "RuntimeError: the hook does not fit second line"
+    assert "could not run: `RuntimeError: the hook does not fit second line`" in markdown_table(results)
+
+
+def test_speed_rows_carry_the_mac_bound(monkeypatch):
+    import tiec.bench as bench
+    from tiny_arch import tiny_full_size
+
+    monkeypatch.setattr(bench, "_full_size", tiny_full_size)
+    results = bench_speed("dit-xl-2", steps=6, repeats=1, progress=False)
+    rows = {row["name"]: row for row in results["rows"]}
+    assert rows["reference (every step a key)"]["mac_bound"] == pytest.approx(1.0)
+    every3 = rows["TIEC linear, keys every:3"]
+    share = every3["encoder_share"]
+    assert every3["mac_bound"] == pytest.approx(1 / (1 - share * (1 - 2 / 6)))  # keys 0 and 3 of 6
+    assert rows["TIEC lookahead, keys every:3"]["encoder_calls"] == 4  # keys 0, 3 + predicted keys 3 and 5 (the last step)
+    assert "MAC bound" in markdown_table(results)
+
+
+def test_bad_bench_input(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--num-samples", "0", "--quiet"])
+    assert exit_info.value.code == 2
+    assert "--num-samples must be >= 1, got 0" in capsys.readouterr().err
+
