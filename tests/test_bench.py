@@ -98,3 +98,20 @@ def test_bad_bench_input(capsys):
     assert exit_info.value.code == 2
     assert "--num-samples must be >= 1, got 0" in capsys.readouterr().err
 
+
+
+def test_a_grid_run_in_parts_is_joined_and_reuses_the_reference(tmp_path):
+    argv = ["bench", "--quick", "--quiet", "--out", str(tmp_path)]
+    assert main([*argv, "--part", "tiec"]) == 0
+    cached = list((tmp_path / ".cache").glob("*reference.safetensors"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    assert main([*argv, "--part", "peers"]) == 0
+    assert cached[0].stat().st_mtime_ns == stamp  # the second piece read the reference from the cache
+    joined = json.loads((tmp_path / "dit-digits-ddim-quick.json").read_text())
+    families = [row["family"] for row in joined["rows"]]
+    assert families[0] == "reference" and families.count("reference") == 1
+    assert set(families) == {"reference", "tiec", "peer"} and families.index("tiec") < families.index("peer")
+    tiec_piece = json.loads((tmp_path / "dit-digits-ddim-quick-part-tiec.json").read_text())
+    assert {row["family"] for row in tiec_piece["rows"]} == {"reference", "tiec"}
+    assert joined["rows"][0]["psnr_db"] == float("inf")

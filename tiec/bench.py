@@ -36,7 +36,8 @@ from .flops import count_flops
 from .metrics import PeakMemory, frechet_distance, max_abs_error, psnr, ssim
 from .progress import progress_bar
 
-__all__ = ["Method", "method_grid", "bench_demo", "bench_speed", "write_results", "markdown_table", "SAMPLERS"]
+__all__ = ["Method", "method_grid", "bench_demo", "bench_speed", "combine", "write_results", "markdown_table", "PARTS",
+           "SAMPLERS"]
 
 #: ``--sampler`` name: (scheduler name, reference step count, FasterDiffusion preset).
 SAMPLERS = {"ddim": ("ddim", 50, "ddim-50"), "dpm": ("dpm", 20, "dpm-solver-20")}
@@ -158,14 +159,26 @@ def _machine() -> dict:
                 python=platform.python_version(), torch=torch.__version__, threads=torch.get_num_threads())
 
 
+#: ``--part`` names and the families each runs (the reference row is in every part).
+PARTS = {"fasterdiffusion": "fasterdiffusion", "tiec": "tiec", "peers": "peer", "fewer-steps": "fewer-steps"}
+
+
 def bench_demo(model: str = "dit-digits", sampler: str = "ddim", *, num_samples: int = 1000, timing_batch: int = 10,
                repeats: int = 5, batch_size: int = 250, quick: bool = False, progress: bool = True,
-               methods: Optional[Sequence[Method]] = None) -> dict:
-    """Run the grid on a demo model; returns the results (rows, settings, machine) as a dict."""
+               methods: Optional[Sequence[Method]] = None, part: Optional[str] = None,
+               cache: Optional[Path] = None) -> dict:
+    """Run the grid on a demo model; returns the results (rows, settings, machine) as a dict.
+
+    ``part`` runs only one family of rows (plus the reference), so a grid too long for one sitting
+    runs in pieces that :func:`combine` joins; ``cache`` is a folder where the reference samples are
+    kept between pieces (they depend only on the model, sampler, step count and samples).
+    """
     from .demo.data import NUM_CLASSES, load_digits
 
     if sampler not in SAMPLERS:
         raise TiecValueError(f"sampler {sampler!r} is unknown; expected one of {sorted(SAMPLERS)}")
+    if part is not None and part not in PARTS:
+        raise TiecValueError(f"part {part!r} is unknown; expected one of {sorted(PARTS)}")
     for name, value, minimum in (("num_samples", num_samples, 2), ("timing_batch", timing_batch, 1),
                                  ("repeats", repeats, 1), ("batch_size", batch_size, 1)):
         if value < minimum:
@@ -190,8 +203,10 @@ def bench_demo(model: str = "dit-digits", sampler: str = "ddim", *, num_samples:
         for method in extra:
             rows.append(_Row(method))
             _count(runner, rows[-1], labels, seeds)
+    if part is not None:
+        rows = [row for row in rows if row is reference or row.method.family == PARTS[part]]
 
-    reference_images = _samples(runner, reference.method, labels, seeds, batch_size)
+    reference_images = _reference_samples(runner, reference.method, labels, seeds, batch_size, cache)
     reference_features, reference_predicted = runner.classify(reference_images)
     with progress_bar(total=len(rows), enabled=progress, desc="methods") as bar:
         for row in rows:
@@ -202,8 +217,53 @@ def bench_demo(model: str = "dit-digits", sampler: str = "ddim", *, num_samples:
             bar.update(1)
     return dict(model=model, sampler=sampler, steps=reference.method.steps, scheduler=runner.scheduler_name,
                 guidance_scale=GUIDANCE, num_samples=num_samples, timing_batch=timing_batch, repeats=repeats,
-                quick=quick, real_digits=len(real), machine=_machine(), seconds=round(time.perf_counter() - start, 1),
+                quick=quick, part=part, real_digits=len(real), machine=_machine(),
+                seconds=round(time.perf_counter() - start, 1),
                 rows=[row.as_dict(reference.macs_per_image) for row in rows])
+
+
+def _reference_samples(runner: DemoRunner, method: Method, labels: Sequence[int], seeds: Sequence[int],
+                       batch_size: int, cache: Optional[Path]) -> torch.Tensor:
+    """The reference images, from ``cache`` when an earlier piece of the same grid stored them."""
+    import diffusers
+    from safetensors.torch import load_file, save_file
+
+    meta = dict(model=runner.model_name, scheduler=runner.scheduler_name, steps=str(method.steps),
+                samples=str(len(labels)), guidance=str(GUIDANCE), torch=torch.__version__,
+                diffusers=diffusers.__version__)
+    path = None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        path = cache / f"{runner.model_name}-{runner.scheduler_name}-{method.steps}-{len(labels)}-reference.safetensors"
+        if path.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as stored:
+                if stored.metadata() == meta:
+                    return load_file(str(path))["images"]
+    images = _samples(runner, method, labels, seeds, batch_size)
+    if path is not None:
+        tmp = path.with_name(path.name + ".part")
+        save_file({"images": images.contiguous()}, str(tmp), metadata=meta)
+        tmp.replace(path)
+    return images
+
+
+def combine(pieces: Sequence[dict]) -> dict:
+    """Join the pieces of one grid (``part`` runs) into one result: the first piece's reference
+    row and settings, then every piece's other rows, in the order of :data:`PARTS`."""
+    if not pieces:
+        raise TiecValueError("combine needs at least one piece")
+    keys = ("model", "sampler", "steps", "num_samples", "guidance_scale")
+    first = pieces[0]
+    for piece in pieces[1:]:
+        if any(piece[k] != first[k] for k in keys):
+            raise TiecValueError(f"pieces of different grids cannot be combined: {[{k: p[k] for k in keys} for p in pieces]}")
+    order = list(PARTS)
+    ordered = sorted(pieces, key=lambda p: order.index(p["part"]) if p.get("part") in order else -1)
+    rows = [first["rows"][0]] + [row for piece in ordered for row in piece["rows"] if row["family"] != "reference"]
+    return {**first, "part": None, "pieces": [p.get("command") for p in ordered],
+            "seconds": round(sum(p["seconds"] for p in pieces), 1), "rows": rows}
 
 
 def _error_text(error: Exception) -> str:

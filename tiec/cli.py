@@ -259,6 +259,9 @@ def _add_bench(commands: Any) -> None:
     bench.add_argument("--timing-batch", type=int, default=10, help="images per timed run (default 10)")
     bench.add_argument("--repeats", type=int, default=5, help="timed runs per method (default 5)")
     bench.add_argument("--batch-size", type=int, default=250, help="images sampled together (default 250)")
+    bench.add_argument("--part", choices=["fasterdiffusion", "tiec", "peers", "fewer-steps"],
+                       help="run one family of rows (and the reference); the pieces in --out are joined into "
+                            "<model>-<sampler>.json/.md/.png after each piece")
     bench.add_argument("--speed", choices=["sd15-unet", "dit-xl-2"],
                        help="instead: wall time per step of a full-size architecture with random weights")
     bench.add_argument("--steps", type=int, default=10, help="--speed only: sampling steps per timed run (default 10)")
@@ -269,7 +272,7 @@ def _add_bench(commands: Any) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import bench_demo, bench_speed, markdown_table, write_results
+    from .bench import bench_demo, bench_speed, combine, markdown_table, write_results
 
     for name in ("num_samples", "timing_batch", "repeats", "batch_size", "steps"):
         if getattr(args, name) < 1:
@@ -285,9 +288,13 @@ def _bench(args: argparse.Namespace) -> int:
             args.num_samples, args.timing_batch, args.repeats = 20, 4, 1
         results = bench_demo(args.model, args.sampler, num_samples=args.num_samples, timing_batch=args.timing_batch,
                              repeats=args.repeats, batch_size=args.batch_size, quick=args.quick,
-                             progress=not args.quiet)
+                             progress=not args.quiet, part=args.part, cache=out / ".cache" if args.part else None)
         stem = f"{args.model}-{args.sampler}" + ("-quick" if args.quick else "")
     results["command"] = command
+    if getattr(args, "part", None):
+        write_results(results, out, f"{stem}-part-{args.part}")
+        pieces = [json.loads(path.read_text()) for path in sorted(out.glob(f"{stem}-part-*.json"))]
+        results = combine([p for p in pieces if p["num_samples"] == results["num_samples"]])
     paths = write_results(results, out, stem)
     if not args.quiet:
         print(markdown_table(results))
