@@ -46,7 +46,8 @@ def predict_latent(scheduler: Any, x: torch.Tensor, output: torch.Tensor, sigma_
             ``config.prediction_type`` (``"epsilon"``, ``"v_prediction"`` or ``"sample"``).
         x: the latent the model was evaluated at (before ``scale_model_input``).
         output: the model output; extra channels (a learned variance) are dropped.
-        sigma_from, sigma_to: σ of the evaluated step and of the target step, both > 0.
+        sigma_from: σ of the evaluated step (> 0).
+        sigma_to: σ of the target step (>= 0).
 
     Examples:
         >>> from diffusers import DDIMScheduler
