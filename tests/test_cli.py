@@ -58,6 +58,7 @@ def test_samples_are_classified_as_the_requested_class():
         (["--steps", "0"], "--steps must be >= 1, got 0"),
         (["--num-images", "-1"], "--num-images must be >= 1, got -1"),
         (["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
+        (["--device", "gpu0"], "--device 'gpu0' is not a torch device; use cpu, cuda, cuda:1 or mps"),
         (["--prompt", "a cat"], "--prompt does not apply to the class-conditional demo model 'dit-digits'"),
         (["--decoder-start", "1"], "--decoder-start does not apply to the demo model 'dit-digits'"),
         (["--model", "unet-digits", "--encoder-blocks", "2"],
@@ -99,3 +100,12 @@ def test_an_output_path_that_cannot_be_written(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert f"--out '{blocker / 'sub'}' cannot be written" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_device_this_machine_lacks(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--device", "cuda", "--out", str(tmp_path / "out"), "--quiet"])
+    assert exit_info.value.code == 2
+    assert "--device 'cuda': this machine has no CUDA device torch can use; use --device cpu" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

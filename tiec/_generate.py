@@ -23,7 +23,7 @@ from ._errors import TiecError, TiecValueError
 from .policies import Lookahead, get_policy
 from .schedules import get_schedule
 
-__all__ = ["DEMO_MODELS", "UsageError", "Images", "DemoJob", "PipelineJob", "DTYPES", "PIPELINES", "check_keys_and_policy"]
+__all__ = ["DEMO_MODELS", "UsageError", "check_device", "Images", "DemoJob", "PipelineJob", "DTYPES", "PIPELINES", "check_keys_and_policy"]
 
 #: The demo models ``tiec generate`` samples (``tiec.demo.MODELS`` less the classifier).
 DEMO_MODELS = ("dit-digits", "unet-digits")
@@ -63,6 +63,21 @@ def check_keys_and_policy(keys: str, policy: str, steps: int) -> None:
         get_policy(policy)
     except TiecError as error:
         raise UsageError(f"--policy {policy!r}: {error}") from None
+
+
+def check_device(device: str) -> None:
+    """Validate ``--device`` before loading anything: a torch device string this machine has."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device!r} is not a torch device; use cpu, cuda, cuda:1 or mps") from None
+    available = {"cpu": lambda: True, "cuda": torch.cuda.is_available,
+                 "mps": lambda: bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()}
+    if parsed.type in available and not available[parsed.type]():
+        raise UsageError(f"--device {device!r}: this machine has no {parsed.type.upper()} device torch can use; "
+                         "use --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device!r}: there are {torch.cuda.device_count()} CUDA devices")
 
 
 def parse_labels(text: Optional[str], num_classes: int) -> list[int]:

@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ._errors import TiecError
-from ._generate import DEMO_MODELS, DTYPES, Images, UsageError, check_keys_and_policy, make_job
+from ._generate import DEMO_MODELS, DTYPES, Images, UsageError, check_device, check_keys_and_policy, make_job
 from ._processes import process_state
 from ._store import ImageStore, batches, pending
 from .flops import count_flops
@@ -132,6 +132,7 @@ def _generate(args: argparse.Namespace) -> Optional[dict]:
     if guidance is None and is_demo:
         guidance = DEMO_DEFAULTS["guidance_scale"]
     check_keys_and_policy(keys, policy, args.steps)
+    check_device(args.device)
     device = state.device_for(args.device)
     job = make_job(args.model, class_labels=args.class_labels, num_images=args.num_images, prompt=args.prompt,
                    negative_prompt=args.negative_prompt, steps=args.steps, scheduler=args.scheduler,
