@@ -322,6 +322,10 @@ def _measure(runner: DemoRunner, row: _Row, labels: Sequence[int], seeds: Sequen
 SPEED_ARCHS = ("sd15-unet", "dit-xl-2")
 
 
+def _millions(model: torch.nn.Module) -> int:
+    return round(sum(p.numel() for p in model.parameters()) / 1e6)
+
+
 def _full_size(arch: str) -> tuple[Any, Any, dict, dict, Any, str]:
     """(model, split builder, cond, uncond, output_fn, description) with random weights."""
     import diffusers
@@ -340,14 +344,15 @@ def _full_size(arch: str) -> tuple[Any, Any, dict, dict, Any, str]:
         cond = {"encoder_hidden_states": torch.randn(1, 77, 768, generator=g)}
         uncond = {"encoder_hidden_states": torch.randn(1, 77, 768, generator=g)}
         return (unet, lambda depth: UNet2DConditionSplit(unet, decoder_start=depth or 0), cond, uncond, None,
-                "SD 1.5 UNet (860 M parameters), 256x256 (32x32 latent), batch 2 (one image, guidance)")
+                f"SD 1.5 UNet ({_millions(unet)} M parameters), 256x256 (32x32 latent), batch 2 (one image, guidance)")
     if arch == "dit-xl-2":
         dit = diffusers.DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4,
                                               out_channels=8, num_layers=28, sample_size=32, patch_size=2,
                                               num_embeds_ada_norm=1000).eval()
         return (dit, lambda depth: DiTSplit(dit, encoder_blocks=depth or 28), {"class_labels": torch.tensor([207])},
                 {"class_labels": torch.tensor([1000])}, lambda out: out[:, :4],
-                "DiT-XL/2 (675 M parameters), 256x256 (32x32 latent), batch 2 (one image, guidance)")
+                f"DiT-XL/2 as diffusers' DiTTransformer2DModel ({_millions(dit)} M parameters: an adaLN class and "
+                "time embedder in every block), 256x256 (32x32 latent), batch 2 (one image, guidance)")
     raise TiecValueError(f"architecture {arch!r} is unknown; expected one of {SPEED_ARCHS}")
 
 
