@@ -31,6 +31,7 @@ import torch
 from tiec._errors import TiecTypeError, TiecValueError
 from tiec.blend import Features
 from tiec.cached_model import CachedModel
+from tiec.config import ConfigLike, merge_config
 from tiec.policies import Linear, PolicyLike
 from tiec.protocol import Split
 from tiec.schedules import KeysLike
@@ -87,12 +88,14 @@ class KDiffusionDenoiser(torch.nn.Module):
             channels is eps, as k-diffusion's ``OpenAIDenoiser`` reads it).
         quantize: round t to the nearest training timestep (k-diffusion's ``quantize``).
         keys: key schedule over steps (``None``: every step, exact).
-        policy: blend policy.
-        coordinate: ``"log_sigma"`` (default), ``"t"`` or ``"step"``.
+        policy: blend policy (``None``: linear).
+        coordinate: ``"log_sigma"`` (``None``, ``"auto"``), ``"t"`` or ``"step"``.
         cond_key: the split's keyword for k-diffusion's ``cond`` (e.g. ``"encoder_hidden_states"``,
             ``"class_labels"``); ``None`` passes ``cond`` under its own name.
         max_streams: cache streams kept for separately called conditionings (least recently used
             first out).
+        config: a :class:`tiec.TiecConfig` or the path of its JSON file giving keys, policy and
+            coordinate (then leave those unset); its split depth is for whoever builds ``split``.
 
     Examples:
         >>> import torch, k_diffusion as K
@@ -109,9 +112,13 @@ class KDiffusionDenoiser(torch.nn.Module):
     """
 
     def __init__(self, split: Split, alphas_cumprod: torch.Tensor, *, prediction: str = "eps",
-                 quantize: bool = False, keys: KeysLike = None, policy: PolicyLike = Linear(),
-                 coordinate: str = "log_sigma", cond_key: Optional[str] = None, max_streams: int = 4) -> None:
+                 quantize: bool = False, keys: KeysLike = None, policy: Optional[PolicyLike] = None,
+                 coordinate: Optional[str] = None, cond_key: Optional[str] = None, max_streams: int = 4,
+                 config: Optional[ConfigLike] = None) -> None:
         super().__init__()
+        options = merge_config(config, keys=keys, policy=policy, coordinate=coordinate)
+        keys, policy = options["keys"], Linear() if options["policy"] is None else options["policy"]
+        coordinate = {None: "log_sigma", "auto": "log_sigma"}.get(options["coordinate"], options["coordinate"])
         external = require("k_diffusion.external", "k-diffusion")
         if not (hasattr(split, "encode") and hasattr(split, "decode")):
             raise TiecTypeError(f"split must have encode() and decode(), got {type(split).__name__}")

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tiec import TiecConfig
 from tiec.bench import Method, bench_speed, fewer_steps, markdown_table, method_grid
 from tiec.cli import main
 
@@ -11,13 +12,14 @@ from tiec.cli import main
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    assert main(["bench", "--quick", "--quiet", "--out", str(out)]) == 0
+    config = TiecConfig(keys="0,4,8", policy="linear", encoder_blocks=4).save(out / "half-stack.json")
+    assert main(["bench", "--quick", "--quiet", "--out", str(out), "--config", str(config)]) == 0
     return out, json.loads((out / "dit-digits-ddim-quick.json").read_text())
 
 
 def test_quick_bench_writes_json_markdown_and_plot(quick):
     out, results = quick
-    assert results["command"] == f"tiec bench --quick --quiet --out {out}"
+    assert results["command"] == f"tiec bench --quick --quiet --out {out} --config {out / 'half-stack.json'}"
     assert (out / "dit-digits-ddim-quick.png").stat().st_size > 0
     table = (out / "dit-digits-ddim-quick.md").read_text()
     for row in results["rows"]:
@@ -40,6 +42,9 @@ def test_quick_bench_rows_are_measured(quick):
     assert 0 < linear["psnr_db"] < 100 and 0 < linear["ssim"] < 1 and linear["frechet_distance"] > 0
     parallel = rows["TIEC linear, keys every:3, parallel decoding"]
     assert parallel["psnr_db"] is None and len(parallel["seconds"]) == 1  # wall time only
+    configured = rows["configured (half-stack): keys 0,4,8, linear"]
+    assert configured["split_depth"] == 4 and configured["encoder_calls"] == 3
+    assert configured["macs_per_image"] > linear["macs_per_image"] * 3 / 4  # half the stack runs every step
     for row in results["rows"]:
         if row["family"] == "fewer-steps":
             assert row["encoder_calls"] == row["decoder_calls"] == row["steps"] < 10

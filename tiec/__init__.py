@@ -10,6 +10,7 @@ from ._errors import MissingDependencyError, TiecError, TiecNotImplementedError,
 from .blend import Features, weighted_sum
 from .cache import EncoderCache
 from .cached_model import CachedModel
+from .config import TiecConfig, load_config
 from .coordinates import scheduler_log_sigmas
 from .flops import EncoderShare, count_flops, encoder_share
 from .guidance import ClassifierFreeGuidance
@@ -37,6 +38,7 @@ __all__ = [
     "SampleResult",
     "Split",
     "StepInfo",
+    "TiecConfig",
     "TiecError",
     "TiecNotImplementedError",
     "TiecTypeError",
@@ -49,6 +51,7 @@ __all__ = [
     "get_policy",
     "get_schedule",
     "lagrange_weights",
+    "load_config",
     "preset",
     "sample",
     "scheduler_log_sigmas",

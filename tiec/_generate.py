@@ -105,7 +105,7 @@ class DemoJob:
     def __init__(self, name: str, *, class_labels: Optional[str], num_images: int, prompt: Optional[str],
                  negative_prompt: Optional[str], steps: int, scheduler: Optional[str], policy: str,
                  guidance_scale: float, encoder_blocks: Optional[int], decoder_start: Optional[int],
-                 parallel_decode: bool, seed: int, device: str, dtype: str) -> None:
+                 parallel_decode: bool, seed: int, device: str, dtype: str, coordinate: str = "auto") -> None:
         from .demo import load
         from .demo.data import NUM_CLASSES
 
@@ -118,7 +118,8 @@ class DemoJob:
         self.model = load(name, device=device, dtype=DTYPES[dtype])
         self.depth = encoder_blocks if is_dit else decoder_start
         self.settings = dict(model=name, class_labels=self.labels, steps=steps, scheduler=scheduler or "ddim",
-                             policy=policy, guidance_scale=guidance_scale, parallel_decode=parallel_decode,
+                             policy=policy, coordinate=coordinate, guidance_scale=guidance_scale,
+                             parallel_decode=parallel_decode,
                              seed=seed, device=device, dtype=dtype,
                              **({"encoder_blocks": encoder_blocks} if is_dit else {"decoder_start": decoder_start}))
 
@@ -134,7 +135,7 @@ class DemoJob:
                                scheduler=s["scheduler"], keys=keys, policy=s["policy"],
                                guidance_scale=s["guidance_scale"], encoder_blocks=self.depth,
                                parallel_decode=s["parallel_decode"], seeds=[s["seed"] + i for i in indices],
-                               progress=progress)
+                               coordinate=s["coordinate"], progress=progress)
         return Images(to_unit(result.sample).cpu(), tuple(result.key_steps), result.encoder_calls,
                       result.decoder_calls)
 
@@ -165,7 +166,8 @@ class PipelineJob:
     def __init__(self, path: Path, *, class_labels: Optional[str], num_images: int, prompt: Optional[str],
                  negative_prompt: Optional[str], steps: int, scheduler: Optional[str], policy: str,
                  guidance_scale: Optional[float], encoder_blocks: Optional[int], decoder_start: Optional[int],
-                 parallel_decode: bool, seed: int, device: str, dtype: str, progress: bool = True) -> None:
+                 parallel_decode: bool, seed: int, device: str, dtype: str, progress: bool = True,
+                 coordinate: str = "auto") -> None:
         class_name = _read_index(path)
         kind = PIPELINES[class_name]
         target = f"a {class_name}"
@@ -208,6 +210,7 @@ class PipelineJob:
         self.depth = {"encoder_blocks": encoder_blocks} if is_dit else {"decoder_start": decoder_start or 0}
         self.settings = dict(model=str(path), pipeline=class_name, **self.inputs, num_images=self.count, steps=steps,
                              scheduler=scheduler or type(self.pipe.scheduler).__name__, policy=policy,
+                             coordinate=coordinate,
                              guidance_scale=guidance_scale, parallel_decode=False, seed=seed, device=device,
                              dtype=dtype, **self.depth)
         self.device = device
@@ -251,7 +254,7 @@ class PipelineJob:
         else:
             inputs["num_images_per_prompt"] = len(indices)
         self.pipe.set_progress_bar_config(disable=not progress)
-        with cached(self.pipe, keys=keys, policy=s["policy"], **self.depth) as cache:
+        with cached(self.pipe, keys=keys, policy=s["policy"], coordinate=s["coordinate"], **self.depth) as cache:
             out = self.pipe(**inputs, num_inference_steps=s["steps"], guidance_scale=s["guidance_scale"],
                             generator=generators, output_type="np")
             model = cache.model

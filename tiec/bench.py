@@ -58,6 +58,18 @@ class Method:
     peer: Optional[str] = None
     peer_options: tuple[tuple[str, Any], ...] = ()
     quality: bool = True  # False: a wall-time row (its images equal another row's)
+    coordinate: str = "auto"
+    depth: Optional[int] = None  # split depth: DiT encoder blocks / UNet decoder start (None: the default)
+
+
+def config_method(config: Any, steps: int, label: str) -> Method:
+    """A row for a :class:`tiec.TiecConfig` (``tiec bench --config``)."""
+    from .config import load_config
+
+    loaded = load_config(config)
+    depth = loaded.encoder_blocks if loaded.encoder_blocks is not None else loaded.decoder_start
+    return Method(f"configured ({label}): keys {loaded.keys}, {loaded.policy}", "tiec", steps, loaded.keys,
+                  loaded.policy, coordinate=loaded.coordinate, depth=depth)
 
 
 def method_grid(sampler: str, *, model: str, quick: bool = False) -> list[Method]:
@@ -110,6 +122,7 @@ class _Row:
         row = {k: v for k, v in asdict(self).items() if k != "method"}
         row.update(name=self.method.name, family=self.method.family, steps=self.method.steps,
                    keys=self.method.keys, policy=self.method.policy if self.method.peer is None else None,
+                   coordinate=self.method.coordinate, split_depth=self.method.depth,
                    noise_injection=self.method.noise_injection, parallel_decode=self.method.parallel_decode,
                    peer=self.method.peer, peer_options=dict(self.method.peer_options))
         if self.seconds:
@@ -143,7 +156,8 @@ class DemoRunner:
             return run_peer(self, method, labels, seeds)
         result = sample_digits(self.demo, labels, steps=method.steps, scheduler=self.scheduler_name,
                                keys=method.keys, policy=method.policy, guidance_scale=GUIDANCE, seeds=seeds,
-                               parallel_decode=method.parallel_decode, noise_injection=method.noise_injection)
+                               parallel_decode=method.parallel_decode, noise_injection=method.noise_injection,
+                               coordinate=method.coordinate, encoder_blocks=method.depth)
         return to_unit(result.sample).cpu(), result.encoder_calls, result.decoder_calls
 
     @torch.no_grad()
@@ -166,12 +180,14 @@ PARTS = {"fasterdiffusion": "fasterdiffusion", "tiec": "tiec", "peers": "peer", 
 def bench_demo(model: str = "dit-digits", sampler: str = "ddim", *, num_samples: int = 1000, timing_batch: int = 10,
                repeats: int = 5, batch_size: int = 250, quick: bool = False, progress: bool = True,
                methods: Optional[Sequence[Method]] = None, part: Optional[str] = None,
-               cache: Optional[Path] = None) -> dict:
+               cache: Optional[Path] = None, configs: Sequence[tuple[str, Any]] = ()) -> dict:
     """Run the grid on a demo model; returns the results (rows, settings, machine) as a dict.
 
     ``part`` runs only one family of rows (plus the reference), so a grid too long for one sitting
     runs in pieces that :func:`combine` joins; ``cache`` is a folder where the reference samples are
     kept between pieces (they depend only on the model, sampler, step count and samples).
+    ``configs`` adds a row per ``(label, config)`` (:class:`tiec.TiecConfig` or its file) to the
+    TIEC family.
     """
     from .demo.data import NUM_CLASSES, load_digits
 
@@ -185,6 +201,8 @@ def bench_demo(model: str = "dit-digits", sampler: str = "ddim", *, num_samples:
             raise TiecValueError(f"{name} must be >= {minimum}, got {value}")
     runner = DemoRunner(model, sampler)
     grid = list(methods) if methods is not None else method_grid(sampler, model=model, quick=quick)
+    steps = next(m.steps for m in grid if m.family == "reference")
+    grid += [config_method(config, steps, label) for label, config in configs]
     labels = [i % NUM_CLASSES for i in range(num_samples)]
     seeds = list(range(num_samples))
     real, _ = load_digits()

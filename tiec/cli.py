@@ -20,6 +20,7 @@ from ._errors import TiecError
 from ._generate import DEMO_MODELS, DTYPES, Images, UsageError, check_device, check_keys_and_policy, make_job
 from ._processes import process_state
 from ._store import ImageStore, batches, pending
+from .config import load_config
 from .flops import count_flops
 from .progress import progress_bar
 from .schedules import get_schedule
@@ -122,23 +123,47 @@ def _merge(parts: list[dict]) -> dict:
     return merged
 
 
+def _caching_options(args: argparse.Namespace) -> dict[str, Any]:
+    """keys, policy, coordinate and split depth: from --config, or from the options and the defaults."""
+    explicit = {"--keys": args.keys, "--policy": args.policy, "--encoder-blocks": args.encoder_blocks,
+                "--decoder-start": args.decoder_start}
+    if args.config is None:
+        return dict(keys=args.keys or DEMO_DEFAULTS["keys"], policy=args.policy or DEMO_DEFAULTS["policy"],
+                    coordinate="auto", encoder_blocks=args.encoder_blocks, decoder_start=args.decoder_start)
+    clash = [name for name, value in explicit.items() if value is not None]
+    if clash:
+        raise UsageError(f"--config {str(args.config)!r} sets keys, policy and split depth; drop {', '.join(clash)}")
+    try:
+        config = load_config(args.config)
+    except TiecError as error:
+        raise UsageError(f"--config: {error}") from None
+    return dict(keys=config.keys, policy=config.policy, coordinate=config.coordinate,
+                encoder_blocks=config.encoder_blocks, decoder_start=config.decoder_start)
+
+
 def _generate(args: argparse.Namespace) -> Optional[dict]:
     """Run ``tiec generate`` in this process; the main process returns the record, the others ``None``."""
     state = process_state(args.device)
     is_demo = args.model in DEMO_MODELS
-    keys = args.keys or DEMO_DEFAULTS["keys"]
-    policy = args.policy or DEMO_DEFAULTS["policy"]
+    caching = _caching_options(args)
+    keys, policy = caching["keys"], caching["policy"]
     guidance = args.guidance_scale
     if guidance is None and is_demo:
         guidance = DEMO_DEFAULTS["guidance_scale"]
     check_keys_and_policy(keys, policy, args.steps)
     check_device(args.device)
     device = state.device_for(args.device)
-    job = make_job(args.model, class_labels=args.class_labels, num_images=args.num_images, prompt=args.prompt,
-                   negative_prompt=args.negative_prompt, steps=args.steps, scheduler=args.scheduler,
-                   policy=policy, guidance_scale=guidance, encoder_blocks=args.encoder_blocks,
-                   decoder_start=args.decoder_start, parallel_decode=args.parallel_decode, seed=args.seed,
-                   device=device, dtype=args.dtype, progress=not args.quiet and state.is_main_process)
+    try:
+        job = make_job(args.model, class_labels=args.class_labels, num_images=args.num_images, prompt=args.prompt,
+                       negative_prompt=args.negative_prompt, steps=args.steps, scheduler=args.scheduler,
+                       policy=policy, coordinate=caching["coordinate"], guidance_scale=guidance,
+                       encoder_blocks=caching["encoder_blocks"], decoder_start=caching["decoder_start"],
+                       parallel_decode=args.parallel_decode, seed=args.seed, device=device, dtype=args.dtype,
+                       progress=not args.quiet and state.is_main_process)
+    except UsageError as error:
+        if args.config and str(error).startswith(("--encoder-blocks", "--decoder-start")):
+            raise UsageError(f"--config {str(args.config)!r} sets a split depth of the other architecture: {error}") from None
+        raise
     out = _output_dir(args.out)
     batch_size = args.batch_size or (250 if is_demo else 4)
     settings = {**job.settings, "device": args.device, "keys": str(get_schedule(keys)), "batch_size": batch_size}
@@ -221,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     sampler.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     sampler.add_argument("--scheduler", choices=sorted(SCHEDULERS),
                          help="diffusers scheduler (default: ddim for demo models, the pipeline's own otherwise)")
+    sampler.add_argument("--config", type=Path,
+                         help="a tiec configuration file (tiec calibrate's output) setting keys, policy, time "
+                              "coordinate and split depth")
     sampler.add_argument("--keys", help="key steps: 'every:N', a preset name, 'all' or a list like 0,1,5 "
                                         f"(default {DEMO_DEFAULTS['keys']})")
     sampler.add_argument("--policy", help="hold, linear, polynomial(k), lookahead or lookahead-accept "
@@ -263,6 +291,8 @@ def _add_bench(commands: Any) -> None:
     bench.add_argument("--part", choices=["fasterdiffusion", "tiec", "peers", "fewer-steps"],
                        help="run one family of rows (and the reference); the pieces in --out are joined into "
                             "<model>-<sampler>.json/.md/.png after each piece")
+    bench.add_argument("--config", type=Path, action="append", default=[],
+                       help="add a row for this tiec configuration file (repeatable)")
     bench.add_argument("--speed", choices=["sd15-unet", "dit-xl-2"],
                        help="instead: wall time per step of a full-size architecture with random weights")
     bench.add_argument("--steps", type=int, default=10, help="--speed only: sampling steps per timed run (default 10)")
@@ -270,6 +300,13 @@ def _add_bench(commands: Any) -> None:
                        help="a small grid: 10 steps, 20 samples, 1 timed run of 4 images (minutes -> seconds)")
     bench.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder (default bench-results)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars, no summary")
+
+
+def _load_bench_config(path: Path) -> Any:
+    try:
+        return load_config(path)
+    except TiecError as error:
+        raise UsageError(f"--config: {error}") from None
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -289,7 +326,8 @@ def _bench(args: argparse.Namespace) -> int:
             args.num_samples, args.timing_batch, args.repeats = 20, 4, 1
         results = bench_demo(args.model, args.sampler, num_samples=args.num_samples, timing_batch=args.timing_batch,
                              repeats=args.repeats, batch_size=args.batch_size, quick=args.quick,
-                             progress=not args.quiet, part=args.part, cache=out / ".cache" if args.part else None)
+                             progress=not args.quiet, part=args.part, cache=out / ".cache" if args.part else None,
+                             configs=[(path.stem, _load_bench_config(path)) for path in args.config])
         stem = f"{args.model}-{args.sampler}" + ("-quick" if args.quick else "")
     results["command"] = command
     if getattr(args, "part", None):

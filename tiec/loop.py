@@ -16,6 +16,7 @@ import torch
 
 from ._errors import TiecTypeError, TiecValueError
 from .cache import EncoderCache
+from .config import ConfigLike, merge_config
 from .coordinates import coordinate_values, scheduler_log_sigmas
 from .guidance import ClassifierFreeGuidance
 from .lookahead import model_input_scale, predict_latent
@@ -109,8 +110,9 @@ def sample(
     *,
     num_inference_steps: Optional[int] = None,
     keys: KeysLike = None,
-    policy: PolicyLike = Linear(),
-    coordinate: str = "auto",
+    policy: Optional[PolicyLike] = None,
+    coordinate: Optional[str] = None,
+    config: Optional[ConfigLike] = None,
     cond: Optional[Mapping[str, Any]] = None,
     guidance: Optional[float] = None,
     uncond: Optional[Mapping[str, Any]] = None,
@@ -139,12 +141,15 @@ def sample(
         keys: the key schedule over positions in ``scheduler.timesteps`` (model evaluations):
             ``None``/"all" (every step), an int ``n`` (every n-th), ``"every:N"``, a preset name, a
             list of indices, or a :class:`~tiec.KeySchedule`.
-        policy: ``"hold"``, ``"linear"`` (default), ``"polynomial(k)"``, ``"lookahead"``,
+        policy: ``"hold"``, ``"linear"`` (``None``: linear), ``"polynomial(k)"``, ``"lookahead"``,
             ``"lookahead-accept"`` or a :class:`~tiec.Policy`. The lookahead policies encode a
             predicted latent of the next key at each key (:class:`~tiec.Lookahead`); those encoder
             passes count in ``encoder_calls``.
         coordinate: what the cache blends over: ``"t"``, ``"log_sigma"``, ``"step"``, or ``"auto"``
-            (log σ when the scheduler tells σ, else t).
+            (``None``: log σ when the scheduler tells σ, else t).
+        config: a :class:`~tiec.TiecConfig` or the path of its JSON file (``tiec calibrate``'s
+            output) giving ``keys``, ``policy`` and ``coordinate``; then leave those three unset.
+            Its split depth is for entry points that build the split; here the split is given.
         cond: keyword conditioning passed to ``encode`` and ``decode`` (batch ``B`` tensors).
         guidance: classifier-free guidance scale; needs ``uncond``. Both halves are cached together.
         uncond: the unconditional counterparts of ``cond``'s entries (see
@@ -188,9 +193,11 @@ def sample(
         raise TiecTypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
     if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
         raise TiecValueError(f"max_parallel must be an int >= 1, got {max_parallel!r}")
-    schedule = get_schedule(keys)
+    options = merge_config(config, keys=keys, policy=policy, coordinate=coordinate)
+    schedule = get_schedule(options["keys"])
+    coordinate = options["coordinate"] or "auto"
     injection = _noise_injection(noise_injection)
-    cache = EncoderCache(policy)
+    cache = EncoderCache(Linear() if options["policy"] is None else options["policy"])
     cond = dict(cond or {})
     step_kwargs = dict(step_kwargs or {})
     if guidance is not None:

@@ -28,6 +28,7 @@ import torch
 
 from tiec._errors import TiecError, TiecNotImplementedError, TiecTypeError, TiecValueError
 from tiec.cached_model import CachedModel
+from tiec.config import ConfigLike, merge_config
 from tiec.coordinates import _log_sigma_from_alphas
 from tiec.policies import Linear, PolicyLike
 from tiec.schedules import KeysLike
@@ -210,10 +211,11 @@ def enable(
     pipe: Any,
     *,
     keys: KeysLike = None,
-    policy: PolicyLike = Linear(),
-    coordinate: str = "t",
-    decoder_start: int = 0,
+    policy: Optional[PolicyLike] = None,
+    coordinate: Optional[str] = None,
+    decoder_start: Optional[int] = None,
     encoder_blocks: Optional[int] = None,
+    config: Optional[ConfigLike] = None,
     check_finite: bool = False,
 ) -> PipelineCache:
     """Run the pipeline's denoiser encoder only at key steps, blending cached features in between.
@@ -223,11 +225,13 @@ def enable(
             (DiTTransformer2DModel), and ``pipe.scheduler``.
         keys: key schedule over the distinct timesteps of each call (``None``: every step, which
             reproduces the pipeline exactly).
-        policy: ``"hold"``, ``"linear"`` or ``"polynomial(k)"``.
-        coordinate: blend over ``"t"``, the step position ``"step"``, or ``"log_sigma"`` (σ from
-            the scheduler's ``alphas_cumprod``).
-        decoder_start: UNet only: the first up block the decoder runs.
+        policy: ``"hold"``, ``"linear"`` (``None``: linear) or ``"polynomial(k)"``.
+        coordinate: blend over ``"t"`` (``None``), the step position ``"step"``, or ``"log_sigma"``
+            (σ from the scheduler's ``alphas_cumprod``; ``"auto"`` means the same).
+        decoder_start: UNet only: the first up block the decoder runs (``None``: 0).
         encoder_blocks: DiT only: blocks in the encoder (``None``: half the depth).
+        config: a :class:`tiec.TiecConfig` or the path of its JSON file, giving keys, policy,
+            coordinate and split depth; then leave those unset.
         check_finite: reject non-finite encoder features.
 
     Returns:
@@ -241,7 +245,14 @@ def enable(
         >>> import tiec.adapters.diffusers as tiec_diffusers
         >>> # cache = tiec_diffusers.enable(pipe, keys="every:3", policy="linear")
         >>> # images = pipe(prompt).images; tiec_diffusers.disable(pipe)
+        >>> # tiec_diffusers.enable(pipe, config="calibrated.json")
     """
+    options = merge_config(config, keys=keys, policy=policy, coordinate=coordinate, decoder_start=decoder_start,
+                           encoder_blocks=encoder_blocks)
+    keys, policy = options["keys"], Linear() if options["policy"] is None else options["policy"]
+    coordinate = {None: "t", "auto": "log_sigma"}.get(options["coordinate"], options["coordinate"])
+    decoder_start = options["decoder_start"] or 0
+    encoder_blocks = options["encoder_blocks"]
     _, denoiser = _denoiser(pipe)
     if denoiser in _PATCHES:
         raise TiecError(
