@@ -273,7 +273,54 @@ def build_parser() -> argparse.ArgumentParser:
                         help="count MACs with FlopCounterMode in a second, untimed run (default on)")
     output.add_argument("--quiet", action="store_true", help="no progress bars, no summary")
     _add_bench(commands)
+    _add_calibrate(commands)
     return parser
+
+
+def _add_calibrate(commands: Any) -> None:
+    calibrate = commands.add_parser(
+        "calibrate", help="search key steps, policy, time coordinate and split depth for a compute budget",
+        description="Search configurations on calibration inputs, validate the Pareto front on held-out inputs and "
+                    "write <out>/<model>-<sampler>-calibration.json/.png and the recommended -config.json.")
+    calibrate.add_argument("--model", default="dit-digits", choices=list(DEMO_MODELS))
+    calibrate.add_argument("--sampler", default="ddim", choices=["ddim", "dpm"])
+    calibrate.add_argument("--steps", type=int, help="override the sampler's step count")
+    calibrate.add_argument("--calibration", type=int, default=8, help="calibration inputs (default 8)")
+    calibrate.add_argument("--held-out", type=int, default=16, help="held-out inputs for validation (default 16)")
+    calibrate.add_argument("--budget", type=float, default=0.4,
+                           help="MAC ratio the recommended configuration must stay within (default 0.4)")
+    calibrate.add_argument("--time-budget", type=float, default=1800.0,
+                           help="seconds for the search; refinement stops when spent (default 1800)")
+    calibrate.add_argument("--quick", action="store_true", help="a small search for tests (10 steps, 4 + 4 inputs)")
+    calibrate.add_argument("--out", type=Path, default=Path("calibration"), help="output folder")
+    calibrate.add_argument("--quiet", action="store_true")
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate, write_calibration
+
+    for name in ("calibration", "held_out"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.steps is not None and args.steps < 2:
+        raise UsageError(f"--steps must be >= 2, got {args.steps}")
+    if not 0 < args.budget <= 1:
+        raise UsageError(f"--budget {args.budget} is not a MAC ratio in (0, 1], e.g. 0.4")
+    out = _output_dir(args.out)
+    results = calibrate(args.model, args.sampler, steps=args.steps, calibration=args.calibration,
+                        held_out=args.held_out, budget=args.budget, time_budget=args.time_budget, quick=args.quick,
+                        progress=not args.quiet)
+    results["command"] = "tiec " + " ".join(args.argv)
+    results["config"]["provenance"]["command"] = results["command"]
+    paths = write_calibration(results, out)
+    if not args.quiet:
+        pick = results["recommended"]
+        print(f"{results['evaluations']} evaluations in {results['seconds']} s; recommended within "
+              f"{args.budget} of the MACs: keys {','.join(map(str, pick['keys']))}, {pick['policy']}, "
+              f"{pick['coordinate']}, depth {pick['depth']}: {pick['mac_ratio']:.3f} of the MACs, PSNR "
+              f"{pick['psnr_db']:.2f} dB (held out: {pick['held_out_psnr_db']:.2f} dB)")
+        print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
 
 
 def _add_bench(commands: Any) -> None:
@@ -345,13 +392,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``tiec`` command line; returns the exit code (2 for bad input)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("generate", "bench", "-h", "--help"):
+    if not argv or argv[0] not in ("generate", "bench", "calibrate", "-h", "--help"):
         argv = ["generate", *argv]  # generate is the default command
     args = parser.parse_args(argv)
     args.argv = argv
-    if args.command == "bench":
+    if args.command in ("bench", "calibrate"):
         try:
-            return _bench(args)
+            return _bench(args) if args.command == "bench" else _calibrate(args)
         except TiecError as error:
             parser.exit(2, f"tiec: error: {error}\n")
     for name in ("num_images", "steps", "batch_size"):

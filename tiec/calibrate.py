@@ -1,0 +1,302 @@
+"""``tiec calibrate``: search key steps, policy, time coordinate and split depth for a compute budget.
+
+For a demo model and sampler, :func:`calibrate` samples a few *calibration* inputs with every step a
+key once (the reference), then scores candidate configurations by their counted MACs per image and
+their PSNR to the reference on the same noise:
+
+1. **policy, coordinate, depth**: every combination of the candidate policies, time coordinates and
+   split depths on two uniform schedules; the best combinations (by mean PSNR rank) go on;
+2. **schedules**: for those, uniform keys every 2 to 10 steps, with and without warm-up keys and a
+   final key;
+3. **refinement**: the Pareto front's schedules are moved key by key (each key one or two steps
+   earlier or later, keys added beside a key, keys removed) while that raises PSNR without raising
+   MACs — a greedy search for non-uniform schedules, stopped early when a sweep finds nothing, or by
+   the time budget.
+
+The front (no candidate with fewer MACs and a higher PSNR) is then validated on *held-out* inputs
+(other seeds and labels), beside the same sampler with fewer steps and the uniform grid, and the
+best front point within ``budget`` (a MAC ratio to the reference) is written as a
+:class:`tiec.TiecConfig`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ._errors import TiecValueError
+from .config import TiecConfig
+from .metrics import psnr
+from .progress import progress_bar
+from .schedules import uniform
+
+__all__ = ["Candidate", "calibrate", "pareto_front", "write_calibration"]
+
+GUIDANCE = 2.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration: explicit key steps, policy, time coordinate, split depth."""
+
+    keys: tuple[int, ...]
+    policy: str
+    coordinate: str
+    depth: int
+
+    def config(self, steps: int, *, model: str, **provenance: Any) -> TiecConfig:
+        depth = {"encoder_blocks": self.depth} if model == "dit-digits" else {"decoder_start": self.depth}
+        return TiecConfig(keys=",".join(map(str, self.keys)), policy=self.policy, coordinate=self.coordinate,
+                          steps=steps, provenance=dict(provenance), **depth)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points ``(cost, score)`` that no other point beats: lower or equal cost and
+    higher score, or lower cost and equal score. Sorted by cost.
+
+    Examples:
+        >>> pareto_front([(1.0, 10.0), (2.0, 12.0), (2.0, 11.0), (3.0, 12.0), (0.5, 5.0)])
+        [4, 0, 1]
+    """
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+class _Evaluator:
+    """Samples a demo model with a candidate on fixed inputs; PSNR to that input set's reference."""
+
+    def __init__(self, model: str, sampler: str, steps: int, device: str = "cpu") -> None:
+        from .demo import load
+
+        self.model = model
+        self.demo = load(model, device=device)
+        self.scheduler = {"ddim": "ddim", "dpm": "dpm"}[sampler]
+        self.steps = steps
+        self.unit_macs: dict[int, tuple[int, int]] = {}
+        self.evaluations = 0
+
+    def macs(self, candidate: Candidate, encoder_calls: int, decoder_calls: int) -> int:
+        """MACs per image from the counted MACs of one encoder and one decoder call at this depth."""
+        if candidate.depth not in self.unit_macs:
+            from .flops import encoder_share
+            from .guidance import ClassifierFreeGuidance
+
+            split = self.demo.split(candidate.depth)
+            guided = ClassifierFreeGuidance(split, GUIDANCE, {"class_labels": torch.tensor([self.demo.null_label])})
+            x = torch.zeros(1, self.demo.transformer.config.in_channels, self.demo.resolution, self.demo.resolution)
+            with torch.no_grad():
+                share = encoder_share(guided, x, 500, class_labels=torch.tensor([0]))
+            self.unit_macs[candidate.depth] = (share.encoder_flops // 2, share.decoder_flops // 2)
+        e, d = self.unit_macs[candidate.depth]
+        return encoder_calls * e + decoder_calls * d
+
+    @torch.no_grad()
+    def images(self, candidate: Candidate, labels: Sequence[int], seeds: Sequence[int],
+               steps: Optional[int] = None) -> tuple[torch.Tensor, int]:
+        from .demo.sampling import sample_digits, to_unit
+
+        self.evaluations += 1
+        result = sample_digits(self.demo, labels, steps=steps or self.steps, scheduler=self.scheduler,
+                               keys=list(candidate.keys), policy=candidate.policy, coordinate=candidate.coordinate,
+                               encoder_blocks=candidate.depth, guidance_scale=GUIDANCE, seeds=seeds)
+        return to_unit(result.sample).cpu(), self.macs(candidate, result.encoder_calls, result.decoder_calls)
+
+
+def _depths(model: str, quick: bool) -> list[int]:
+    if model == "dit-digits":
+        return [8] if quick else [4, 6, 8]
+    return [0] if quick else [0, 1]
+
+
+def calibrate(model: str = "dit-digits", sampler: str = "ddim", *, steps: Optional[int] = None,
+              calibration: int = 8, held_out: int = 16, budget: float = 0.4, time_budget: float = 1800.0,
+              quick: bool = False, progress: bool = True) -> dict:
+    """Search configurations for a demo model; returns every evaluation, the front and the pick.
+
+    Args:
+        model: ``"dit-digits"`` or ``"unet-digits"``.
+        sampler: ``"ddim"`` (50 steps) or ``"dpm"`` (DPM-Solver++, 20 steps).
+        steps: override the step count.
+        calibration: calibration inputs (labels cycle 0-9, seeds ``0..n-1``).
+        held_out: held-out inputs for validation (seeds from 10,000, labels shifted), never searched on.
+        budget: the MAC ratio (to the reference) the recommended configuration must stay within.
+        time_budget: seconds for the whole search; refinement stops when it is spent.
+        quick: a small search (10 steps, 4 + 4 inputs, two policies) for tests.
+        progress: progress bars.
+    """
+    if model not in ("dit-digits", "unet-digits"):
+        raise TiecValueError(f"model {model!r} is unknown; expected 'dit-digits' or 'unet-digits'")
+    if sampler not in ("ddim", "dpm"):
+        raise TiecValueError(f"sampler {sampler!r} is unknown; expected 'ddim' or 'dpm'")
+    if not 0 < budget <= 1:
+        raise TiecValueError(f"budget must be a MAC ratio in (0, 1], got {budget}")
+    if quick:
+        steps, calibration, held_out = steps or 10, min(calibration, 4), min(held_out, 4)
+    steps = steps or {"ddim": 50, "dpm": 20}[sampler]
+    start = time.perf_counter()
+    evaluator = _Evaluator(model, sampler, steps)
+    cal = ([i % 10 for i in range(calibration)], list(range(calibration)))
+    hold = ([(i + 3) % 10 for i in range(held_out)], list(range(10_000, 10_000 + held_out)))
+    depths = _depths(model, quick)
+    full = Candidate(tuple(range(steps)), "linear", "t", depths[-1])
+    reference = {name: evaluator.images(full, *inputs)[0] for name, inputs in (("cal", cal), ("held", hold))}
+    reference_macs = evaluator.images(full, [0], [0])[1]
+    scores: dict[Candidate, dict] = {}
+
+    def score(candidate: Candidate) -> dict:
+        if candidate not in scores:
+            images, macs = evaluator.images(candidate, *cal)
+            scores[candidate] = dict(macs=macs, mac_ratio=macs / reference_macs, psnr_db=psnr(images, reference["cal"]))
+        return scores[candidate]
+
+    # 1. policy x coordinate x depth on two uniform schedules
+    policies = ["hold", "linear"] if quick else ["hold", "linear", "polynomial(2)", "lookahead", "lookahead-accept"]
+    coordinates = ["t", "log_sigma"] if quick else ["t", "log_sigma", "step"]
+    probes = [uniform(k).key_steps(steps) for k in ((2, 3) if quick else (3, 5))]
+    combos = list(itertools.product(policies, coordinates, depths))
+    with progress_bar(total=len(combos) * len(probes), enabled=progress, desc="policies") as bar:
+        ranks: dict[tuple, float] = {combo: 0.0 for combo in combos}
+        for keys in probes:
+            results = []
+            for combo in combos:
+                results.append((score(Candidate(keys, *combo))["psnr_db"], combo))
+                bar.update(1)
+            for rank, (_, combo) in enumerate(sorted(results, reverse=True)):
+                ranks[combo] += rank
+    best = sorted(combos, key=lambda combo: ranks[combo])[: 1 if quick else 3]
+
+    # 2. uniform schedules with warm-up and a final key
+    everies = (2, 3) if quick else (2, 3, 4, 5, 6, 8, 10)
+    schedules = sorted({uniform(k, warmup=w, tail=t).key_steps(steps)
+                        for k in everies for w in ((0,) if quick else (0, 3)) for t in ((0,) if quick else (0, 1))})
+    with progress_bar(total=len(schedules) * len(best), enabled=progress, desc="schedules") as bar:
+        for combo in best:
+            for keys in schedules:
+                score(Candidate(keys, *combo))
+                bar.update(1)
+
+    # 3. greedy refinement of the front's schedules
+    sweeps = 0
+    deadline = start + time_budget
+    improved = True
+    while improved and time.perf_counter() < deadline and sweeps < (1 if quick else 4):
+        improved = False
+        sweeps += 1
+        candidates = list(scores)
+        front = [candidates[i] for i in pareto_front([(scores[c]["macs"], scores[c]["psnr_db"]) for c in candidates])]
+        for candidate in front[: 2 if quick else None]:
+            if time.perf_counter() >= deadline:
+                break
+            current = candidate
+            for neighbour in _neighbours(current.keys, steps):
+                if time.perf_counter() >= deadline:
+                    break
+                trial = replace(current, keys=neighbour)
+                if score(trial)["macs"] <= score(current)["macs"] and score(trial)["psnr_db"] > score(current)["psnr_db"]:
+                    current, improved = trial, True
+
+    # validation on held-out inputs: the front, the uniform grid of the best combination, fewer steps
+    candidates = list(scores)
+    front = [candidates[i] for i in pareto_front([(scores[c]["macs"], scores[c]["psnr_db"]) for c in candidates])]
+    grid = [Candidate(keys, p, best[0][1], best[0][2]) for keys in schedules if len(keys) < steps
+            for p in ("hold", "linear")]
+    validate = list(dict.fromkeys(front + grid))
+    with progress_bar(total=len(validate), enabled=progress, desc="held-out") as bar:
+        for candidate in validate:
+            score(candidate)
+            scores[candidate]["held_out_psnr_db"] = psnr(evaluator.images(candidate, *hold)[0], reference["held"])
+            bar.update(1)
+    fewer = []
+    for n in sorted({max(1, round(steps * r)) for r in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)} - {steps}):
+        short = Candidate(tuple(range(n)), "linear", "t", depths[-1])
+        row = {}
+        for name, inputs in (("psnr_db", cal), ("held_out_psnr_db", hold)):
+            images, macs = evaluator.images(short, *inputs, steps=n)
+            row[name] = psnr(images, reference["cal" if name == "psnr_db" else "held"])
+        fewer.append(dict(steps=n, macs=n * reference_macs // steps, mac_ratio=n / steps, **row))
+
+    within = [c for c in front if scores[c]["mac_ratio"] <= budget]
+    pick = max(within, key=lambda c: scores[c]["psnr_db"]) if within else min(front, key=lambda c: scores[c]["macs"])
+    best_uniform = max((c for c in grid if scores[c]["mac_ratio"] <= scores[pick]["mac_ratio"]),
+                       key=lambda c: scores[c]["held_out_psnr_db"], default=None)
+
+    def row(c: Candidate) -> dict:
+        return dict(keys=list(c.keys), policy=c.policy, coordinate=c.coordinate, depth=c.depth, **scores[c],
+                    front=c in front)
+
+    return dict(model=model, sampler=sampler, steps=steps, guidance_scale=GUIDANCE, calibration_inputs=calibration,
+                held_out_inputs=held_out, budget=budget, quick=quick, reference_macs=reference_macs,
+                evaluations=evaluator.evaluations, refinement_sweeps=sweeps,
+                seconds=round(time.perf_counter() - start, 1), policy_rank=[list(c) for c in best],
+                candidates=[row(c) for c in candidates], fewer_steps=fewer,
+                recommended=row(pick), best_uniform_within_budget=row(best_uniform) if best_uniform else None,
+                config=pick.config(steps, model=model, mac_ratio=scores[pick]["mac_ratio"],
+                                   calibration_psnr_db=scores[pick]["psnr_db"],
+                                   held_out_psnr_db=scores[pick].get("held_out_psnr_db")).to_dict())
+
+
+def _neighbours(keys: tuple[int, ...], steps: int) -> list[tuple[int, ...]]:
+    """Schedules one edit away: a key moved by 1 or 2 steps, a key removed (never step 0)."""
+    out = []
+    for i, k in enumerate(keys):
+        if k == 0:
+            continue
+        for delta in (-2, -1, 1, 2):
+            moved = k + delta
+            if 0 < moved < steps and moved not in keys:
+                out.append(tuple(sorted(keys[:i] + (moved,) + keys[i + 1:])))
+        out.append(keys[:i] + keys[i + 1:])
+    return list(dict.fromkeys(out))
+
+
+def write_calibration(results: dict, out: Path) -> list[Path]:
+    """``<model>-<sampler>-calibration.json``, ``-calibration.png`` and the recommended ``-config.json``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{results['model']}-{results['sampler']}" + ("-quick" if results["quick"] else "")
+    paths = [out / f"{stem}-calibration.json", out / f"{stem}-calibration.png", out / f"{stem}-config.json"]
+    tmp = paths[0].with_name(paths[0].name + ".part")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(paths[0])
+    TiecConfig.from_dict(results["config"]).save(paths[2])
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    validated = [r for r in results["candidates"] if "held_out_psnr_db" in r]
+    front = sorted((r["mac_ratio"], r["held_out_psnr_db"]) for r in validated if r["front"])
+    grid = [r for r in validated if not r["front"]]
+    for policy, color in (("hold", "tab:orange"), ("linear", "tab:blue")):
+        points = [(r["mac_ratio"], r["held_out_psnr_db"]) for r in grid if r["policy"] == policy]
+        if points:
+            axis.scatter(*zip(*points), color=color, marker="s" if policy == "hold" else "^", s=18,
+                         label=f"uniform keys, {policy}")
+    if front:
+        axis.plot(*zip(*front), "-o", color="tab:red", label="calibrated front")
+    fewer = sorted((r["mac_ratio"], r["held_out_psnr_db"]) for r in results["fewer_steps"])
+    axis.plot(*zip(*fewer), "--", color="tab:gray", marker="o", label="fewer steps")
+    axis.set_xlabel("MACs per image / every step a key")
+    axis.set_ylabel("PSNR to every step a key, held-out inputs (dB)")
+    axis.set_title(f"{results['model']}, {results['sampler']} {results['steps']} steps", fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    tmp = paths[1].with_name(paths[1].name + ".part")
+    figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)
+    tmp.replace(paths[1])
+    return paths
