@@ -527,6 +527,7 @@ def plot(results: dict, path: Path) -> None:
         axis.set_xlabel("MACs per image / reference")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
+    axes[1].set_yscale("log")  # a run that breaks down sits orders of magnitude above the rest
     axes[0].legend()
     figure.suptitle(f"{results['model']}, {results['scheduler']} {results['steps']} steps")
     figure.tight_layout()
