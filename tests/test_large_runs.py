@@ -56,6 +56,18 @@ def test_two_processes_make_the_same_bytes(single, tmp_path):
     assert (tmp_path / "samples.npz").read_bytes() == (single / "samples.npz").read_bytes()
 
 
+def test_the_cpu_launcher_runs_too(single, tmp_path):
+    # accelerate's --cpu launcher starts one process unless MPI is set up (docs/large-runs.md); the
+    # command must still work and give the same bytes.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "tiec", "generate", *ARGS, "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "record.json").read_text())["processes"] in (1, 2)
+    assert images(tmp_path) == images(single)
+
+
 def test_an_interrupted_run_resumes_without_redoing_finished_images(single, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "tiec", "generate", *ARGS, "--out", str(tmp_path)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
