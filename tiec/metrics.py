@@ -121,7 +121,8 @@ def _rss_bytes() -> Optional[int]:
 class PeakMemory:
     """Peak memory of a block: CUDA's ``max_memory_allocated`` on a GPU, otherwise the growth of the
     process's resident set over the block, sampled every millisecond from ``/proc/self/statm``
-    (``None`` where that file does not exist).
+    (``None`` where that file does not exist). On the CPU, memory the process freed earlier and
+    reuses inside the block does not show as growth: compare runs made in the same order.
 
     Examples:
         >>> with PeakMemory() as peak:
