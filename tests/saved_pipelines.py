@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import DiTPipeline, IFPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import (
     CLIPTextConfig,

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tiec import count_flops
-from tiec.metrics import PeakMemory, frechet_distance, max_abs_error, psnr, ssim
+from tiec.metrics import frechet_distance, max_abs_error, psnr, ssim
 
 
 def images(seed, shape=(3, 2, 12, 12)):

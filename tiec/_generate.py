@@ -270,9 +270,3 @@ def make_job(model: str, *, progress: bool = True, **options: Any) -> Any:
     if Path(model).is_dir():
         return PipelineJob(Path(model), progress=progress, **options)
     raise UsageError(f"--model {model!r} is neither a demo model ({', '.join(DEMO_MODELS)}) nor a folder")
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB of images in [0, 1]; ``inf`` for identical images."""
-    error = (a.double() - b.double()).pow(2).mean().item()
-    return float("inf") if error == 0 else 10 * torch.log10(torch.tensor(1.0 / error)).item()

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
+from ._files import atomic_path, write_atomic
 from ._generate import UsageError
 
 __all__ = ["ImageStore", "to_uint8", "png_bytes", "batches", "pending"]
@@ -47,12 +48,6 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 class ImageStore:
     """Images of one run under ``out``; see the module docstring for the layout."""
 
@@ -63,7 +58,7 @@ class ImageStore:
         self._manifest = out / f"manifest-{socket.gethostname()}-{os.getpid()}.jsonl"
 
     def __repr__(self) -> str:
-        return f"ImageStore(out={str(self.out)!r}, done={len(self.done())})"
+        return f"ImageStore(out={str(self.out)!r}, manifest={self._manifest.name!r})"
 
     def prepare(self) -> None:
         """Create the folders and ``run.json``; refuse a folder holding a run with other settings.
@@ -80,7 +75,7 @@ class ImageStore:
                 raise UsageError(f"--out {str(self.out)!r} holds images made with other settings ({', '.join(changed)}); "
                                  "rerun with the same arguments to resume, or choose another --out")
             return
-        _write_atomic(run, (json.dumps(self.settings, indent=2) + "\n").encode())
+        write_atomic(run, json.dumps(self.settings, indent=2) + "\n")
 
     def done(self) -> dict[int, dict]:
         """Finished images, verified against their manifest lines: ``{index: entry}``."""
@@ -103,7 +98,7 @@ class ImageStore:
         """Write image ``index`` (``(C, H, W)`` in [0, 1]) and record it in this process's manifest."""
         data = png_bytes(to_uint8(pixels))
         path = self.images / f"{index:05d}.png"
-        _write_atomic(path, data)
+        write_atomic(path, data)
         entry = dict(index=index, file=str(path.relative_to(self.out)), bytes=len(data),
                      sha256=hashlib.sha256(data).hexdigest())
         with self._manifest.open("a") as manifest:
@@ -119,7 +114,7 @@ class ImageStore:
         if missing:
             raise UsageError(f"--out {str(self.out)!r} misses {len(missing)} images (first: {missing[:5]}); rerun to finish")
         index = dict(settings=self.settings, count=count, **extra, images=[done[i] for i in range(count)])
-        _write_atomic(self.out / "index.json", (json.dumps(index, indent=2) + "\n").encode())
+        write_atomic(self.out / "index.json", json.dumps(index, indent=2) + "\n")
         return index
 
     def read(self, index: int) -> np.ndarray:
@@ -148,9 +143,8 @@ class ImageStore:
         if scale > 1:
             picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
         path = self.out / "grid.png"
-        tmp = path.with_name(path.name + ".part")
-        picture.save(tmp, format="PNG")
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            picture.save(tmp, format="PNG")
         return path
 
     def export_npz(self, count: int, path: Path) -> None:
@@ -159,8 +153,8 @@ class ImageStore:
         Streamed image by image into the archive, so a 50,000-image run does not need them in memory.
         """
         first = self.read(0)
-        tmp = path.with_name(path.name + ".part")
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED,
+                                                        allowZip64=True) as archive:
             with archive.open("arr_0.npy", "w", force_zip64=True) as member:
                 header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
                           "shape": (count, *first.shape)}
@@ -170,7 +164,6 @@ class ImageStore:
                     if array.shape != first.shape:
                         raise UsageError(f"image {i} is {array.shape}, image 0 {first.shape}: one .npz needs one size")
                     member.write(np.ascontiguousarray(array).tobytes())
-        tmp.replace(path)
 
 
 def _sha256(path: Path) -> str:

@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ._errors import TiecValueError
+from ._files import atomic_path, save_figure, write_atomic
 from .flops import count_flops
 from .metrics import PeakMemory, frechet_distance, max_abs_error, psnr, ssim
 from .progress import progress_bar
@@ -261,9 +262,8 @@ def _reference_samples(runner: DemoRunner, method: Method, labels: Sequence[int]
                     return load_file(str(path))["images"]
     images = _samples(runner, method, labels, seeds, batch_size)
     if path is not None:
-        tmp = path.with_name(path.name + ".part")
-        save_file({"images": images.contiguous()}, str(tmp), metadata=meta)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_file({"images": images.contiguous()}, str(tmp), metadata=meta)
     return images
 
 
@@ -505,11 +505,7 @@ def plot(results: dict, path: Path) -> None:
         axis.set_xlabel("speed-up over every step a key")
         axis.legend()
         axis.set_title(results["description"], fontsize=8)
-        figure.tight_layout()
-        tmp = path.with_name(path.name + ".part")
-        figure.savefig(tmp, format="png", dpi=120)
-        plt.close(figure)
-        tmp.replace(path)
+        save_figure(figure, path)
         return
 
     rows = [r for r in results["rows"] if r.get("mac_ratio") is not None and r["psnr_db"] is not None]
@@ -530,11 +526,7 @@ def plot(results: dict, path: Path) -> None:
     axes[1].set_yscale("log")  # a run that breaks down sits orders of magnitude above the rest
     axes[0].legend()
     figure.suptitle(f"{results['model']}, {results['scheduler']} {results['steps']} steps")
-    figure.tight_layout()
-    tmp = path.with_name(path.name + ".part")
-    figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
-    tmp.replace(path)
+    save_figure(figure, path)
 
 
 def write_results(results: dict, out: Path, stem: str) -> list[Path]:
@@ -542,8 +534,6 @@ def write_results(results: dict, out: Path, stem: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"]
     for path, text in ((paths[0], json.dumps(results, indent=2) + "\n"), (paths[1], markdown_table(results))):
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_atomic(path, text)
     plot(results, paths[2])
     return paths

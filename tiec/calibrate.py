@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ._errors import TiecValueError
+from ._files import save_figure, write_atomic
 from .config import TiecConfig
 from .metrics import psnr
 from .progress import progress_bar
@@ -152,7 +153,7 @@ def calibrate(model: str = "dit-digits", sampler: str = "ddim", *, steps: Option
     depths = _depths(model, quick)
     full = Candidate(tuple(range(steps)), "linear", "t", depths[-1])
     reference = {name: evaluator.images(full, *inputs)[0] for name, inputs in (("cal", cal), ("held", hold))}
-    reference_macs = evaluator.images(full, [0], [0])[1]
+    reference_macs = evaluator.macs(full, steps, steps)
     scores: dict[Candidate, dict] = {}
 
     def score(candidate: Candidate) -> dict:
@@ -271,9 +272,7 @@ def write_calibration(results: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{results['model']}-{results['sampler']}" + ("-quick" if results["quick"] else "")
     paths = [out / f"{stem}-calibration.json", out / f"{stem}-calibration.png", out / f"{stem}-config.json"]
-    tmp = paths[0].with_name(paths[0].name + ".part")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(paths[0])
+    write_atomic(paths[0], json.dumps(results, indent=2) + "\n")
     TiecConfig.from_dict(results["config"]).save(paths[2])
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
@@ -294,9 +293,5 @@ def write_calibration(results: dict, out: Path) -> list[Path]:
     axis.set_title(f"{results['model']}, {results['sampler']} {results['steps']} steps", fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    tmp = paths[1].with_name(paths[1].name + ".part")
-    figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
-    tmp.replace(paths[1])
+    save_figure(figure, paths[1])
     return paths

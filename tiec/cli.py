@@ -12,11 +12,12 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
 from ._errors import TiecError
+from ._files import write_atomic
 from ._generate import DEMO_MODELS, DTYPES, Images, UsageError, check_device, check_keys_and_policy, make_job
 from ._processes import process_state
 from ._store import ImageStore, batches, pending
@@ -42,9 +43,7 @@ def _output_dir(path: Path) -> Path:
 
 
 def _write_json(path: Path, record: dict) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
 def _measure(job: Any, keys: Any, batch: list[int], *, progress: bool, count_macs: bool) -> tuple[Images, dict]:
@@ -69,9 +68,9 @@ def _add(total: dict, part: dict) -> None:
         total[name] = None if value is None or total.get(name, 0) is None else total.get(name, 0) + value
 
 
-def _work(job: Any, store: ImageStore, todo: list[list[int]], args: argparse.Namespace, keys: str) -> dict:
-    """Make this process's batches; write the images not yet done. Returns summed statistics."""
-    done = store.done()
+def _work(job: Any, store: ImageStore, todo: list[list[int]], done: Mapping[int, Any], args: argparse.Namespace,
+          keys: str) -> dict:
+    """Make this process's batches; write the images not in ``done``. Returns summed statistics."""
     stats: dict[str, Any] = dict(images_generated=0, batches=len(todo))
     reference: dict[str, Any] = {}
     squared_error = pixels = 0.0
@@ -174,10 +173,11 @@ def _generate(args: argparse.Namespace) -> Optional[dict]:
         for old in out.glob("stats-*.json"):
             old.unlink()
     state.wait_for_everyone()
-    todo = pending(batches(count, batch_size), store.done())
+    done = store.done()  # reads and checksums every finished image: once per process
+    todo = pending(batches(count, batch_size), done)
     skipped = count - sum(len(batch) for batch in todo)
     with state.split(todo) as mine:
-        stats = _work(job, store, mine, args, keys)
+        stats = _work(job, store, mine, done, args, keys)
     _write_json(out / f"stats-{state.process_index}.json", stats)
     state.wait_for_everyone()
     if not state.is_main_process:

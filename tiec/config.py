@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ._errors import TiecTypeError, TiecValueError
+from ._files import write_atomic
 from .coordinates import COORDINATES
 from .policies import get_policy
 from .schedules import get_schedule
@@ -93,9 +94,7 @@ class TiecConfig:
     def save(self, path: Union[str, Path]) -> Path:
         """Write the configuration as JSON (to a temporary name, then renamed)."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
+        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
     def sample_options(self) -> dict[str, Any]:

@@ -1,0 +1,45 @@
+"""Files written whole or not at all: to a ``.part`` name beside the target, then renamed onto it."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+__all__ = ["atomic_path", "write_atomic", "save_figure"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """The temporary name to write ``path`` under; renamed onto ``path`` when the block succeeds.
+
+    Examples:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "out.txt"
+        >>> with atomic_path(target) as tmp:
+        ...     _ = tmp.write_text("done")
+        >>> target.read_text(), tmp.exists()
+        ('done', False)
+    """
+    tmp = path.with_name(path.name + ".part")
+    yield tmp
+    tmp.replace(path)
+
+
+def write_atomic(path: Path, data: Union[str, bytes]) -> None:
+    """Write ``data`` (text or bytes) to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data)
+
+
+def save_figure(figure: Any, path: Path) -> None:
+    """Lay out a matplotlib figure, write it as PNG through :func:`atomic_path`, and close it."""
+    from matplotlib import pyplot as plt
+
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)
