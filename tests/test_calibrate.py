@@ -67,3 +67,65 @@ def test_bad_calibration_input(capsys):
         main(["calibrate", "--budget", "1.5", "--quiet"])
     assert exit_info.value.code == 2
     assert "--budget 1.5 is not a MAC ratio in (0, 1]" in capsys.readouterr().err
+
+
+# --- diffusers pipelines saved in a folder ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    import saved_pipelines
+
+    root = tmp_path_factory.mktemp("pipelines")
+    return {"sd": saved_pipelines.sd(root), "dit": saved_pipelines.dit(root)}
+
+
+def test_quick_calibration_of_a_stable_diffusion_folder(saved, tmp_path):
+    assert main(["calibrate", "--model", str(saved["sd"]), "--prompt", "a red cat", "--prompt", "a blue dog",
+                 "--quick", "--quiet", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "sd-own-quick-calibration.json").read_text())
+    config = load_config(tmp_path / "sd-own-quick-config.json")
+    assert results["model"] == str(saved["sd"]) and results["sampler"] is None and results["steps"] == 10
+    assert config.decoder_start == results["recommended"]["depth"] and config.encoder_blocks is None
+    assert {row["policy"] for row in results["candidates"]} <= {"hold", "linear"}
+    assert all(0 < row["mac_ratio"] < 1 for row in results["fewer_steps"])
+    assert (tmp_path / "sd-own-quick-calibration.png").stat().st_size > 0
+    out = tmp_path / "generated"
+    assert main(["generate", "--model", str(saved["sd"]), "--prompt", "a red cat", "--steps", "10",
+                 "--config", str(tmp_path / "sd-own-quick-config.json"), "--quiet", "--out", str(out)]) == 0
+    assert json.loads((out / "record.json").read_text())["key_steps"] == results["recommended"]["keys"]
+
+
+def test_pipeline_macs_follow_from_the_encoder_calls_exactly(saved):
+    """The evaluator predicts a candidate's MACs from two counted runs; a third counted run agrees."""
+    from tiec.calibrate import Candidate, _PipelineEvaluator
+    from tiec.flops import count_flops
+
+    evaluator = _PipelineEvaluator(saved["dit"], "ddim", 6, class_labels="1,2", progress=False)
+    blocks = len(evaluator.job.pipe.transformer.transformer_blocks)
+    assert evaluator.depth_option == "encoder_blocks" and evaluator.depths(quick=False)[-1] == blocks
+    candidate = Candidate((0, 2, 5), "linear", "log_sigma", 1)
+    _, predicted = evaluator.images(candidate, [0])
+    flops, images = count_flops(evaluator._run, candidate, [0], 6)
+    assert images.encoder_calls == 3 and predicted == flops // 2
+    assert evaluator.images(Candidate(tuple(range(6)), "hold", "t", 1), [0])[1] > predicted
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompt", "x"], "--prompt does not apply to the demo model 'dit-digits'"),
+    (["--sampler", "euler"], "--sampler 'euler' does not apply to the demo model"),
+    (["--model", "no/such/folder"], "--model 'no/such/folder' is neither a demo model"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--device", "cuda:7"], "--device 'cuda:7'"),
+])
+def test_bad_calibration_options_are_named(capsys, tmp_path, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["calibrate", "--quiet", "--out", str(tmp_path), *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_text_pipeline_needs_a_prompt(saved, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["calibrate", "--model", str(saved["sd"]), "--quick", "--quiet", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "--prompt is required for a StableDiffusionPipeline" in capsys.readouterr().err

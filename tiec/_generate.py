@@ -193,8 +193,9 @@ class PipelineJob:
             self.pipe.scheduler = make_scheduler(scheduler, self.pipe.scheduler.config)
         self.inputs: dict[str, Any]
         if kind == "prompt":
-            self.count = num_images
-            self.inputs = dict(prompt=prompt)
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            self.count = len(prompts) * num_images
+            self.inputs = dict(prompt=prompts[0] if len(prompts) == 1 else prompts)
             if class_name == "IFPipeline":  # IF cleans captions only with bs4 and ftfy; ask for it only then
                 from diffusers.utils import is_bs4_available, is_ftfy_available
 
@@ -243,19 +244,25 @@ class PipelineJob:
         return self.count
 
     @torch.no_grad()
-    def __call__(self, keys: Any, indices: list[int], *, progress: bool) -> Images:
+    def __call__(self, keys: Any, indices: list[int], *, progress: bool, steps: Optional[int] = None,
+                 **caching: Any) -> Images:
+        """Images ``indices``: image ``i`` has label or prompt ``i`` (cycling) and the noise of seed
+        ``seed + i``. ``steps`` and ``caching`` (policy, coordinate, split depth) override the job's
+        settings for this call (``tiec calibrate`` tries several on one loaded pipeline)."""
         from tiec.adapters.diffusers import cached
 
         s = self.settings
         generators = [torch.Generator(self.device).manual_seed(s["seed"] + i) for i in indices]
         inputs = dict(self.inputs)
-        if "class_labels" in inputs:
-            inputs["class_labels"] = [inputs["class_labels"][i] for i in indices]
-        else:
+        for name in ("class_labels", "prompt"):
+            if isinstance(inputs.get(name), list):
+                inputs[name] = [inputs[name][i % len(inputs[name])] for i in indices]
+        if isinstance(inputs.get("prompt"), str):
             inputs["num_images_per_prompt"] = len(indices)
+        caching = {"policy": s["policy"], "coordinate": s["coordinate"], **self.depth, **caching}
         self.pipe.set_progress_bar_config(disable=not progress)
-        with cached(self.pipe, keys=keys, policy=s["policy"], coordinate=s["coordinate"], **self.depth) as cache:
-            out = self.pipe(**inputs, num_inference_steps=s["steps"], guidance_scale=s["guidance_scale"],
+        with cached(self.pipe, keys=keys, **caching) as cache:
+            out = self.pipe(**inputs, num_inference_steps=steps or s["steps"], guidance_scale=s["guidance_scale"],
                             generator=generators, output_type="np")
             model = cache.model
             key_steps = model.key_steps or ()

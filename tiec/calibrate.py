@@ -1,8 +1,9 @@
 """``tiec calibrate``: search key steps, policy, time coordinate and split depth for a compute budget.
 
-For a demo model and sampler, :func:`calibrate` samples a few *calibration* inputs with every step a
-key once (the reference), then scores candidate configurations by their counted MACs per image and
-their PSNR to the reference on the same noise:
+For a model (a demo model, or a diffusers pipeline saved in a folder) and a sampler,
+:func:`calibrate` samples a few *calibration* inputs with every step a key once (the reference),
+then scores candidate configurations by their counted MACs per image and their PSNR to the
+reference on the same noise:
 
 1. **policy, coordinate, depth**: every combination of the candidate policies, time coordinates and
    split depths on two uniform schedules; the best combinations (by mean PSNR rank) go on;
@@ -52,10 +53,10 @@ class Candidate:
     coordinate: str
     depth: int
 
-    def config(self, steps: int, *, model: str, **provenance: Any) -> TiecConfig:
-        depth = {"encoder_blocks": self.depth} if model == "dit-digits" else {"decoder_start": self.depth}
+    def config(self, steps: int, *, depth_option: str, **provenance: Any) -> TiecConfig:
+        """This candidate as a :class:`TiecConfig`; ``depth_option`` is ``encoder_blocks`` or ``decoder_start``."""
         return TiecConfig(keys=",".join(map(str, self.keys)), policy=self.policy, coordinate=self.coordinate,
-                          steps=steps, provenance=dict(provenance), **depth)
+                          steps=steps, provenance=dict(provenance), **{depth_option: self.depth})
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -75,21 +76,42 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-class _Evaluator:
-    """Samples a demo model with a candidate on fixed inputs; PSNR to that input set's reference."""
+class _DemoEvaluator:
+    """Samples a demo model with a candidate; inputs are ``(labels, seeds)``.
+
+    MACs per image come from the counted MACs of one encoder and one decoder call at the
+    candidate's depth (guidance included) times the calls the run made.
+    """
+
+    policies = ("hold", "linear", "polynomial(2)", "lookahead", "lookahead-accept")
 
     def __init__(self, model: str, sampler: str, steps: int, device: str = "cpu") -> None:
         from .demo import load
 
         self.model = model
+        self.name = f"{model}-{sampler}"
         self.demo = load(model, device=device)
-        self.scheduler = {"ddim": "ddim", "dpm": "dpm"}[sampler]
+        self.scheduler = sampler
         self.steps = steps
+        self.guidance_scale = GUIDANCE
+        self.depth_option = "encoder_blocks" if model == "dit-digits" else "decoder_start"
         self.unit_macs: dict[int, tuple[int, int]] = {}
         self.evaluations = 0
 
+    def depths(self, quick: bool) -> list[int]:
+        """Split depths to search (quick: the model's default only)."""
+        if self.model == "dit-digits":
+            return [8] if quick else [4, 6, 8]
+        return [0] if quick else [0, 1]
+
+    def inputs(self, count: int, *, held_out: bool) -> tuple[list[int], list[int]]:
+        """Calibration: labels cycling 0-9, seeds ``0..count-1``; held out: labels shifted by 3,
+        seeds from 10,000."""
+        if held_out:
+            return [(i + 3) % 10 for i in range(count)], list(range(10_000, 10_000 + count))
+        return [i % 10 for i in range(count)], list(range(count))
+
     def macs(self, candidate: Candidate, encoder_calls: int, decoder_calls: int) -> int:
-        """MACs per image from the counted MACs of one encoder and one decoder call at this depth."""
         if candidate.depth not in self.unit_macs:
             from .flops import encoder_share
             from .guidance import ClassifierFreeGuidance
@@ -104,66 +126,166 @@ class _Evaluator:
         return encoder_calls * e + decoder_calls * d
 
     @torch.no_grad()
-    def images(self, candidate: Candidate, labels: Sequence[int], seeds: Sequence[int],
+    def images(self, candidate: Candidate, inputs: tuple[list[int], list[int]],
                steps: Optional[int] = None) -> tuple[torch.Tensor, int]:
+        """``(pixels in [0, 1], MACs per image)`` of the candidate on ``inputs``."""
         from .demo.sampling import sample_digits, to_unit
 
         self.evaluations += 1
+        labels, seeds = inputs
         result = sample_digits(self.demo, labels, steps=steps or self.steps, scheduler=self.scheduler,
                                keys=list(candidate.keys), policy=candidate.policy, coordinate=candidate.coordinate,
                                encoder_blocks=candidate.depth, guidance_scale=GUIDANCE, seeds=seeds)
         return to_unit(result.sample).cpu(), self.macs(candidate, result.encoder_calls, result.decoder_calls)
 
 
-def _depths(model: str, quick: bool) -> list[int]:
-    if model == "dit-digits":
-        return [8] if quick else [4, 6, 8]
-    return [0] if quick else [0, 1]
+class _PipelineEvaluator:
+    """Runs a diffusers pipeline from a local folder (through ``tiec generate``'s job) with a
+    candidate; inputs are image indices (image ``i``: prompt or label ``i``, cycling, and the noise
+    of seed ``i``).
+
+    MACs per image are those of the whole pipeline call (text encoder and VAE included), counted
+    with ``FlopCounterMode`` on one image: every step a key, and step 0 alone a key, at each depth
+    and step count; a candidate's MACs follow from its encoder calls, since blending costs no
+    counted operation.
+    """
+
+    policies = ("hold", "linear", "polynomial(2)")
+
+    def __init__(self, path: Path, sampler: Optional[str], steps: int, *, prompts: Sequence[str] = (),
+                 negative_prompt: Optional[str] = None, class_labels: Optional[str] = None,
+                 guidance_scale: Optional[float] = None, device: str = "cpu", dtype: str = "float32",
+                 batch_size: int = 4, progress: bool = True) -> None:
+        from ._generate import PipelineJob
+
+        self.job = PipelineJob(path, class_labels=class_labels, num_images=1, prompt=list(prompts) or None,
+                               negative_prompt=negative_prompt, steps=steps, scheduler=sampler, policy="linear",
+                               guidance_scale=guidance_scale, encoder_blocks=None, decoder_start=None,
+                               parallel_decode=False, seed=0, device=device, dtype=dtype, progress=progress)
+        self.model = str(path)
+        self.name = f"{path.name}-{sampler or 'own'}"
+        self.steps = steps
+        self.guidance_scale = self.job.settings["guidance_scale"]
+        self.depth_option = next(iter(self.job.depth))
+        self.batch_size = batch_size
+        self.counted: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+        self.evaluations = 0
+
+    def depths(self, quick: bool) -> list[int]:
+        """DiT: half, three quarters and all of the blocks in the encoder (quick: all); UNet: the
+        decoder from up block 0 or 1 (quick: 0)."""
+        pipe = self.job.pipe
+        if self.depth_option == "encoder_blocks":
+            blocks = len(pipe.transformer.transformer_blocks)
+            return [blocks] if quick else sorted({max(1, blocks // 2), max(1, 3 * blocks // 4), blocks})
+        return [0] if quick or len(pipe.unet.up_blocks) < 2 else [0, 1]
+
+    def inputs(self, count: int, *, held_out: bool) -> list[int]:
+        return list(range(10_000, 10_000 + count)) if held_out else list(range(count))
+
+    def _run(self, candidate: Candidate, indices: list[int], steps: int) -> Any:
+        return self.job(list(candidate.keys), indices, progress=False, steps=steps, policy=candidate.policy,
+                        coordinate=candidate.coordinate, **{self.depth_option: candidate.depth})
+
+    def macs(self, candidate: Candidate, steps: int, encoder_calls: int) -> int:
+        if (candidate.depth, steps) not in self.counted:
+            from .flops import count_flops
+
+            every, first = (replace(candidate, keys=keys, policy="hold") for keys in (tuple(range(steps)), (0,)))
+            flops_all, images_all = count_flops(self._run, every, [0], steps)
+            flops_one, images_one = count_flops(self._run, first, [0], steps)
+            self.counted[(candidate.depth, steps)] = (flops_all // 2, images_all.encoder_calls,
+                                                      flops_one // 2, images_one.encoder_calls)
+        macs_all, calls_all, macs_one, calls_one = self.counted[(candidate.depth, steps)]
+        per_call = (macs_all - macs_one) // max(1, calls_all - calls_one)
+        return macs_all - (calls_all - encoder_calls) * per_call
+
+    @torch.no_grad()
+    def images(self, candidate: Candidate, inputs: list[int], steps: Optional[int] = None) -> tuple[torch.Tensor, int]:
+        """``(pixels in [0, 1], MACs per image)`` of the candidate on ``inputs``."""
+        self.evaluations += 1
+        steps = steps or self.steps
+        parts = [self._run(candidate, inputs[i:i + self.batch_size], steps)
+                 for i in range(0, len(inputs), self.batch_size)]
+        calls = parts[0].encoder_calls  # the same schedule in every batch
+        return torch.cat([part.pixels for part in parts]), self.macs(candidate, steps, calls)
 
 
-def calibrate(model: str = "dit-digits", sampler: str = "ddim", *, steps: Optional[int] = None,
+def default_steps(sampler: Optional[str]) -> int:
+    """DPM-Solver++ and UniPC: 20 steps; every other sampler (and a pipeline's own): 50."""
+    return 20 if sampler in ("dpm", "unipc") else 50
+
+
+def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps: Optional[int] = None,
               calibration: int = 8, held_out: int = 16, budget: float = 0.4, time_budget: float = 1800.0,
-              quick: bool = False, progress: bool = True) -> dict:
-    """Search configurations for a demo model; returns every evaluation, the front and the pick.
+              quick: bool = False, progress: bool = True, prompts: Sequence[str] = (),
+              negative_prompt: Optional[str] = None, class_labels: Optional[str] = None,
+              guidance_scale: Optional[float] = None, device: str = "cpu", dtype: str = "float32",
+              batch_size: int = 4) -> dict:
+    """Search configurations for a model; returns every evaluation, the front and the pick.
 
     Args:
-        model: ``"dit-digits"`` or ``"unet-digits"``.
-        sampler: ``"ddim"`` (50 steps) or ``"dpm"`` (DPM-Solver++, 20 steps).
-        steps: override the step count.
-        calibration: calibration inputs (labels cycle 0-9, seeds ``0..n-1``).
-        held_out: held-out inputs for validation (seeds from 10,000, labels shifted), never searched on.
+        model: a demo model (``"dit-digits"``, ``"unet-digits"``) or the folder of a diffusers
+            pipeline that ``tiec generate`` runs (Stable Diffusion, SDXL, DeepFloyd-IF stage I, DiT).
+        sampler: a scheduler name of :data:`tiec.adapters.diffusers.SCHEDULERS` (demo models:
+            ``"ddim"``, the default, or ``"dpm"``; pipelines: ``None`` keeps the pipeline's own).
+        steps: sampling steps (default :func:`default_steps`: 20 for ``dpm`` and ``unipc``, else 50).
+        calibration: calibration inputs (demo: labels cycle 0-9, seeds ``0..n-1``; pipelines: the
+            prompts or labels cycle, seeds ``0..n-1``).
+        held_out: held-out inputs for validation (seeds from 10,000; demo labels shifted), never
+            searched on.
         budget: the MAC ratio (to the reference) the recommended configuration must stay within.
         time_budget: seconds for the whole search; refinement stops when it is spent.
         quick: a small search (10 steps, 4 + 4 inputs, two policies) for tests.
         progress: progress bars.
+        prompts: pipelines with text: the calibration prompts (required); pass several, so the
+            configuration is not fitted to one image.
+        negative_prompt, class_labels, guidance_scale, device, dtype: pipelines, as in
+            ``tiec generate`` (``class_labels`` is a comma-separated string for DiT pipelines).
+        batch_size: pipelines: images per pipeline call.
     """
-    if model not in ("dit-digits", "unet-digits"):
-        raise TiecValueError(f"model {model!r} is unknown; expected 'dit-digits' or 'unet-digits'")
-    if sampler not in ("ddim", "dpm"):
-        raise TiecValueError(f"sampler {sampler!r} is unknown; expected 'ddim' or 'dpm'")
+    from ._generate import DEMO_MODELS
+
     if not 0 < budget <= 1:
         raise TiecValueError(f"budget must be a MAC ratio in (0, 1], got {budget}")
+    if model in DEMO_MODELS:
+        sampler = sampler or "ddim"
+        if sampler not in ("ddim", "dpm"):
+            raise TiecValueError(f"sampler {sampler!r} does not apply to the demo model {model!r}; "
+                                 "expected 'ddim' or 'dpm'")
+        for name, value in (("prompts", list(prompts) or None), ("negative_prompt", negative_prompt),
+                            ("class_labels", class_labels), ("guidance_scale", guidance_scale)):
+            if value is not None:
+                raise TiecValueError(f"{name} does not apply to the demo model {model!r} (labels cycle 0-9, "
+                                     f"guidance {GUIDANCE}); got {value!r}")
+    elif not Path(model).is_dir():
+        raise TiecValueError(f"model {model!r} is neither a demo model ({', '.join(DEMO_MODELS)}) nor a folder")
     if quick:
         steps, calibration, held_out = steps or 10, min(calibration, 4), min(held_out, 4)
-    steps = steps or {"ddim": 50, "dpm": 20}[sampler]
+    steps = steps or default_steps(sampler)
     start = time.perf_counter()
-    evaluator = _Evaluator(model, sampler, steps)
-    cal = ([i % 10 for i in range(calibration)], list(range(calibration)))
-    hold = ([(i + 3) % 10 for i in range(held_out)], list(range(10_000, 10_000 + held_out)))
-    depths = _depths(model, quick)
+    evaluator: Any
+    if model in DEMO_MODELS:
+        evaluator = _DemoEvaluator(model, sampler, steps, device=device)
+    else:
+        evaluator = _PipelineEvaluator(Path(model), sampler, steps, prompts=prompts, negative_prompt=negative_prompt,
+                                       class_labels=class_labels, guidance_scale=guidance_scale, device=device,
+                                       dtype=dtype, batch_size=batch_size, progress=progress)
+    cal, hold = evaluator.inputs(calibration, held_out=False), evaluator.inputs(held_out, held_out=True)
+    depths = evaluator.depths(quick)
     full = Candidate(tuple(range(steps)), "linear", "t", depths[-1])
-    reference = {name: evaluator.images(full, *inputs)[0] for name, inputs in (("cal", cal), ("held", hold))}
-    reference_macs = evaluator.macs(full, steps, steps)
+    (reference_cal, reference_macs), (reference_held, _) = (evaluator.images(full, inputs) for inputs in (cal, hold))
+    reference = {"cal": reference_cal, "held": reference_held}
     scores: dict[Candidate, dict] = {}
 
     def score(candidate: Candidate) -> dict:
         if candidate not in scores:
-            images, macs = evaluator.images(candidate, *cal)
+            images, macs = evaluator.images(candidate, cal)
             scores[candidate] = dict(macs=macs, mac_ratio=macs / reference_macs, psnr_db=psnr(images, reference["cal"]))
         return scores[candidate]
 
     # 1. policy x coordinate x depth on two uniform schedules
-    policies = ["hold", "linear"] if quick else ["hold", "linear", "polynomial(2)", "lookahead", "lookahead-accept"]
+    policies = ["hold", "linear"] if quick else list(evaluator.policies)
     coordinates = ["t", "log_sigma"] if quick else ["t", "log_sigma", "step"]
     probes = [uniform(k).key_steps(steps) for k in ((2, 3) if quick else (3, 5))]
     combos = list(itertools.product(policies, coordinates, depths))
@@ -217,16 +339,16 @@ def calibrate(model: str = "dit-digits", sampler: str = "ddim", *, steps: Option
     with progress_bar(total=len(validate), enabled=progress, desc="held-out") as bar:
         for candidate in validate:
             score(candidate)
-            scores[candidate]["held_out_psnr_db"] = psnr(evaluator.images(candidate, *hold)[0], reference["held"])
+            scores[candidate]["held_out_psnr_db"] = psnr(evaluator.images(candidate, hold)[0], reference["held"])
             bar.update(1)
     fewer = []
     for n in sorted({max(1, round(steps * r)) for r in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)} - {steps}):
         short = Candidate(tuple(range(n)), "linear", "t", depths[-1])
-        row = {}
+        row: dict[str, Any] = {}
         for name, inputs in (("psnr_db", cal), ("held_out_psnr_db", hold)):
-            images, macs = evaluator.images(short, *inputs, steps=n)
+            images, macs = evaluator.images(short, inputs, steps=n)
             row[name] = psnr(images, reference["cal" if name == "psnr_db" else "held"])
-        fewer.append(dict(steps=n, macs=n * reference_macs // steps, mac_ratio=n / steps, **row))
+        fewer.append(dict(steps=n, macs=macs, mac_ratio=macs / reference_macs, **row))
 
     within = [c for c in front if scores[c]["mac_ratio"] <= budget]
     pick = max(within, key=lambda c: scores[c]["psnr_db"]) if within else min(front, key=lambda c: scores[c]["macs"])
@@ -237,13 +359,14 @@ def calibrate(model: str = "dit-digits", sampler: str = "ddim", *, steps: Option
         return dict(keys=list(c.keys), policy=c.policy, coordinate=c.coordinate, depth=c.depth, **scores[c],
                     front=c in front)
 
-    return dict(model=model, sampler=sampler, steps=steps, guidance_scale=GUIDANCE, calibration_inputs=calibration,
+    return dict(model=model, name=evaluator.name, sampler=sampler, steps=steps,
+                guidance_scale=evaluator.guidance_scale, calibration_inputs=calibration,
                 held_out_inputs=held_out, budget=budget, quick=quick, reference_macs=reference_macs,
                 evaluations=evaluator.evaluations, refinement_sweeps=sweeps,
                 seconds=round(time.perf_counter() - start, 1), policy_rank=[list(c) for c in best],
                 candidates=[row(c) for c in candidates], fewer_steps=fewer,
                 recommended=row(pick), best_uniform_within_budget=row(best_uniform) if best_uniform else None,
-                config=pick.config(steps, model=model, mac_ratio=scores[pick]["mac_ratio"],
+                config=pick.config(steps, depth_option=evaluator.depth_option, mac_ratio=scores[pick]["mac_ratio"],
                                    calibration_psnr_db=scores[pick]["psnr_db"],
                                    held_out_psnr_db=scores[pick].get("held_out_psnr_db")).to_dict())
 
@@ -270,7 +393,7 @@ def write_calibration(results: dict, out: Path) -> list[Path]:
     from matplotlib import pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{results['model']}-{results['sampler']}" + ("-quick" if results["quick"] else "")
+    stem = results["name"] + ("-quick" if results["quick"] else "")
     paths = [out / f"{stem}-calibration.json", out / f"{stem}-calibration.png", out / f"{stem}-config.json"]
     write_atomic(paths[0], json.dumps(results, indent=2) + "\n")
     TiecConfig.from_dict(results["config"]).save(paths[2])
@@ -290,7 +413,7 @@ def write_calibration(results: dict, out: Path) -> list[Path]:
     axis.plot(*zip(*fewer), "--", color="tab:gray", marker="o", label="fewer steps")
     axis.set_xlabel("MACs per image / every step a key")
     axis.set_ylabel("PSNR to every step a key, held-out inputs (dB)")
-    axis.set_title(f"{results['model']}, {results['sampler']} {results['steps']} steps", fontsize=9)
+    axis.set_title(f"{results['name']}, {results['steps']} steps", fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     save_figure(figure, paths[1])

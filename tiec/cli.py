@@ -278,20 +278,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_calibrate(commands: Any) -> None:
+    from tiec.adapters.diffusers import SCHEDULERS
+
     calibrate = commands.add_parser(
         "calibrate", help="search key steps, policy, time coordinate and split depth for a compute budget",
         description="Search configurations on calibration inputs, validate the Pareto front on held-out inputs and "
-                    "write <out>/<model>-<sampler>-calibration.json/.png and the recommended -config.json.")
-    calibrate.add_argument("--model", default="dit-digits", choices=list(DEMO_MODELS))
-    calibrate.add_argument("--sampler", default="ddim", choices=["ddim", "dpm"])
-    calibrate.add_argument("--steps", type=int, help="override the sampler's step count")
-    calibrate.add_argument("--calibration", type=int, default=8, help="calibration inputs (default 8)")
-    calibrate.add_argument("--held-out", type=int, default=16, help="held-out inputs for validation (default 16)")
-    calibrate.add_argument("--budget", type=float, default=0.4,
-                           help="MAC ratio the recommended configuration must stay within (default 0.4)")
-    calibrate.add_argument("--time-budget", type=float, default=1800.0,
-                           help="seconds for the search; refinement stops when spent (default 1800)")
-    calibrate.add_argument("--quick", action="store_true", help="a small search for tests (10 steps, 4 + 4 inputs)")
+                    "write <out>/<name>-calibration.json/.png and the recommended <name>-config.json "
+                    "(<name>: the model and the sampler).")
+    model = calibrate.add_argument_group("model and inputs")
+    model.add_argument("--model", default="dit-digits",
+                       help=f"a demo model ({', '.join(DEMO_MODELS)}) or a local diffusers pipeline folder "
+                            "(Stable Diffusion, SDXL, DeepFloyd-IF stage I, DiT); default: dit-digits")
+    model.add_argument("--prompt", action="append", default=[],
+                       help="a calibration prompt (text-to-image pipelines; repeat it: inputs cycle through them)")
+    model.add_argument("--negative-prompt", help="negative prompt (text-to-image pipelines)")
+    model.add_argument("--class-labels", help="comma-separated class labels to cycle through (DiT pipelines)")
+    model.add_argument("--guidance-scale", type=float,
+                       help="classifier-free guidance (pipelines; default the pipeline's own; demo models: 2)")
+    model.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    model.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model dtype (default float32)")
+    search = calibrate.add_argument_group("search")
+    search.add_argument("--sampler", choices=sorted(SCHEDULERS),
+                        help="scheduler (demo models: ddim or dpm, default ddim; pipelines: default their own)")
+    search.add_argument("--steps", type=int, help="sampling steps (default 20 for dpm and unipc, 50 otherwise)")
+    search.add_argument("--calibration", type=int, default=8, help="calibration inputs (default 8)")
+    search.add_argument("--held-out", type=int, default=16, help="held-out inputs for validation (default 16)")
+    search.add_argument("--budget", type=float, default=0.4,
+                        help="MAC ratio the recommended configuration must stay within (default 0.4)")
+    search.add_argument("--time-budget", type=float, default=1800.0,
+                        help="seconds for the search; refinement stops when spent (default 1800)")
+    search.add_argument("--batch-size", type=int, default=4, help="pipelines: images per pipeline call (default 4)")
+    search.add_argument("--quick", action="store_true", help="a small search for tests (10 steps, 4 + 4 inputs)")
     calibrate.add_argument("--out", type=Path, default=Path("calibration"), help="output folder")
     calibrate.add_argument("--quiet", action="store_true")
 
@@ -299,25 +316,41 @@ def _add_calibrate(commands: Any) -> None:
 def _calibrate(args: argparse.Namespace) -> int:
     from .calibrate import calibrate, write_calibration
 
-    for name in ("calibration", "held_out"):
+    for name in ("calibration", "held_out", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.steps is not None and args.steps < 2:
         raise UsageError(f"--steps must be >= 2, got {args.steps}")
     if not 0 < args.budget <= 1:
         raise UsageError(f"--budget {args.budget} is not a MAC ratio in (0, 1], e.g. 0.4")
+    check_device(args.device)
+    if args.model in DEMO_MODELS:
+        given = {"--prompt": args.prompt or None, "--negative-prompt": args.negative_prompt,
+                 "--class-labels": args.class_labels, "--guidance-scale": args.guidance_scale}
+        for option, value in given.items():
+            if value is not None:
+                raise UsageError(f"{option} does not apply to the demo model {args.model!r}: its inputs are the "
+                                 "labels 0-9 with guidance 2")
+        if args.sampler not in (None, "ddim", "dpm"):
+            raise UsageError(f"--sampler {args.sampler!r} does not apply to the demo model {args.model!r}; "
+                             "use ddim or dpm")
+    elif not Path(args.model).is_dir():
+        raise UsageError(f"--model {args.model!r} is neither a demo model ({', '.join(DEMO_MODELS)}) nor a folder")
     out = _output_dir(args.out)
     results = calibrate(args.model, args.sampler, steps=args.steps, calibration=args.calibration,
                         held_out=args.held_out, budget=args.budget, time_budget=args.time_budget, quick=args.quick,
-                        progress=not args.quiet)
+                        progress=not args.quiet, prompts=args.prompt, negative_prompt=args.negative_prompt,
+                        class_labels=args.class_labels, guidance_scale=args.guidance_scale, device=args.device,
+                        dtype=args.dtype, batch_size=args.batch_size)
     results["command"] = "tiec " + " ".join(args.argv)
     results["config"]["provenance"]["command"] = results["command"]
     paths = write_calibration(results, out)
     if not args.quiet:
         pick = results["recommended"]
+        depth = "encoder blocks" if results["config"].get("encoder_blocks") is not None else "decoder start"
         print(f"{results['evaluations']} evaluations in {results['seconds']} s; recommended within "
               f"{args.budget} of the MACs: keys {','.join(map(str, pick['keys']))}, {pick['policy']}, "
-              f"{pick['coordinate']}, depth {pick['depth']}: {pick['mac_ratio']:.3f} of the MACs, PSNR "
+              f"{pick['coordinate']}, {depth} {pick['depth']}: {pick['mac_ratio']:.3f} of the MACs, PSNR "
               f"{pick['psnr_db']:.2f} dB (held out: {pick['held_out_psnr_db']:.2f} dB)")
         print("wrote " + ", ".join(str(p) for p in paths))
     return 0
