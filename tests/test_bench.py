@@ -33,7 +33,7 @@ def test_quick_bench_rows_are_measured(quick):
     assert reference["psnr_db"] == float("inf") and reference["mac_ratio"] == 1.0 and reference["accuracy"] == 1.0
     assert not [row for row in results["rows"] if row["error"]]
     families = {row["family"] for row in results["rows"]}
-    assert families == {"reference", "fasterdiffusion", "tiec", "peer", "fewer-steps"}
+    assert families == {"reference", "fasterdiffusion", "tiec", "configured", "peer", "fewer-steps"}
     linear, hold = rows["TIEC linear, keys every:3"], rows["FasterDiffusion hold, keys every:3"]
     assert linear["macs_per_image"] == hold["macs_per_image"] < reference["macs_per_image"]
     assert (linear["encoder_calls"], linear["decoder_calls"]) == (4, 10)
@@ -120,3 +120,16 @@ def test_a_grid_run_in_parts_is_joined_and_reuses_the_reference(tmp_path):
     tiec_piece = json.loads((tmp_path / "dit-digits-ddim-quick-part-tiec.json").read_text())
     assert {row["family"] for row in tiec_piece["rows"]} == {"reference", "tiec"}
     assert joined["rows"][0]["psnr_db"] == float("inf")
+
+
+def test_the_configured_part_runs_only_the_configuration_rows(tmp_path):
+    config = TiecConfig(keys="0,4,8", policy="hold", encoder_blocks=8).save(tmp_path / "calibrated.json")
+    argv = ["bench", "--quick", "--quiet", "--out", str(tmp_path), "--config", str(config)]
+    assert main([*argv, "--part", "configured"]) == 0
+    piece = json.loads((tmp_path / "dit-digits-ddim-quick-part-configured.json").read_text())
+    assert [row["family"] for row in piece["rows"]] == ["reference", "configured"]
+    assert piece["rows"][1]["encoder_calls"] == 3 and piece["rows"][1]["psnr_db"] > 0
+    assert main([*argv, "--part", "fewer-steps"]) == 0  # its matched step count is among the fewer-steps rows
+    joined = json.loads((tmp_path / "dit-digits-ddim-quick.json").read_text())
+    fewer = {row["steps"] for row in joined["rows"] if row["family"] == "fewer-steps"}
+    assert round(10 * piece["rows"][1]["mac_ratio"]) in fewer

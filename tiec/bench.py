@@ -50,7 +50,7 @@ class Method:
     """One row of the benchmark."""
 
     name: str
-    family: str  # reference | fewer-steps | fasterdiffusion | tiec | peer
+    family: str  # reference | fewer-steps | fasterdiffusion | tiec | configured | peer
     steps: int
     keys: str = "all"
     policy: str = "linear"
@@ -69,7 +69,7 @@ def config_method(config: Any, steps: int, label: str) -> Method:
 
     loaded = load_config(config)
     depth = loaded.encoder_blocks if loaded.encoder_blocks is not None else loaded.decoder_start
-    return Method(f"configured ({label}): keys {loaded.keys}, {loaded.policy}", "tiec", steps, loaded.keys,
+    return Method(f"configured ({label}): keys {loaded.keys}, {loaded.policy}", "configured", steps, loaded.keys,
                   loaded.policy, coordinate=loaded.coordinate, depth=depth)
 
 
@@ -100,7 +100,7 @@ def method_grid(sampler: str, *, model: str, quick: bool = False) -> list[Method
 def fewer_steps(methods_macs: Sequence[tuple[Method, int]], reference_macs: int, steps: int) -> list[Method]:
     """The same sampler with ``round(steps · macs / reference_macs)`` steps for each cached run's MACs."""
     counts = sorted({max(1, round(steps * macs / reference_macs)) for method, macs in methods_macs
-                     if method.family in ("fasterdiffusion", "tiec", "peer") and method.quality})
+                     if method.family in ("fasterdiffusion", "tiec", "configured", "peer") and method.quality})
     return [Method(f"fewer steps: {n}", "fewer-steps", n) for n in counts if n < steps]
 
 
@@ -175,7 +175,8 @@ def _machine() -> dict:
 
 
 #: ``--part`` names and the families each runs (the reference row is in every part).
-PARTS = {"fasterdiffusion": "fasterdiffusion", "tiec": "tiec", "peers": "peer", "fewer-steps": "fewer-steps"}
+PARTS = {"fasterdiffusion": "fasterdiffusion", "tiec": "tiec", "configured": "configured", "peers": "peer",
+         "fewer-steps": "fewer-steps"}
 
 
 def bench_demo(model: str = "dit-digits", sampler: str = "ddim", *, num_samples: int = 1000, timing_batch: int = 10,
@@ -187,8 +188,8 @@ def bench_demo(model: str = "dit-digits", sampler: str = "ddim", *, num_samples:
     ``part`` runs only one family of rows (plus the reference), so a grid too long for one sitting
     runs in pieces that :func:`combine` joins; ``cache`` is a folder where the reference samples are
     kept between pieces (they depend only on the model, sampler, step count and samples).
-    ``configs`` adds a row per ``(label, config)`` (:class:`tiec.TiecConfig` or its file) to the
-    TIEC family.
+    ``configs`` adds a row per ``(label, config)`` (:class:`tiec.TiecConfig` or its file), of the
+    family ``configured`` (``part="configured"`` runs only those).
     """
     from .demo.data import NUM_CLASSES, load_digits
 
@@ -481,7 +482,7 @@ def markdown_table(results: dict) -> str:
 
 
 FAMILY_STYLE = {"reference": ("k", "*"), "fewer-steps": ("tab:gray", "o"), "fasterdiffusion": ("tab:orange", "s"),
-                "tiec": ("tab:blue", "^"), "peer": ("tab:green", "D")}
+                "tiec": ("tab:blue", "^"), "configured": ("tab:red", "P"), "peer": ("tab:green", "D")}
 
 
 def plot(results: dict, path: Path) -> None:

@@ -368,11 +368,12 @@ def _add_bench(commands: Any) -> None:
     bench.add_argument("--timing-batch", type=int, default=10, help="images per timed run (default 10)")
     bench.add_argument("--repeats", type=int, default=5, help="timed runs per method (default 5)")
     bench.add_argument("--batch-size", type=int, default=250, help="images sampled together (default 250)")
-    bench.add_argument("--part", choices=["fasterdiffusion", "tiec", "peers", "fewer-steps"],
+    bench.add_argument("--part", choices=["fasterdiffusion", "tiec", "configured", "peers", "fewer-steps"],
                        help="run one family of rows (and the reference); the pieces in --out are joined into "
                             "<model>-<sampler>.json/.md/.png after each piece")
     bench.add_argument("--config", type=Path, action="append", default=[],
-                       help="add a row for this tiec configuration file (repeatable)")
+                       help="add a row for this tiec configuration file (repeatable; --part configured runs only "
+                            "these rows)")
     bench.add_argument("--speed", choices=["sd15-unet", "dit-xl-2"],
                        help="instead: wall time per step of a full-size architecture with random weights")
     bench.add_argument("--steps", type=int, default=10, help="--speed only: sampling steps per timed run (default 10)")
