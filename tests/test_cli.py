@@ -109,3 +109,24 @@ def test_a_device_this_machine_lacks(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "--device 'cuda': this machine has no CUDA device torch can use; use --device cpu" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("model", ["dit-digits", "unet-digits"])
+def test_a_demo_model_defaults_to_its_shipped_calibrated_configuration(tmp_path, model):
+    from tiec import load_config
+    from tiec.demo import calibrated_config
+
+    path = calibrated_config(model, "ddim", 50)
+    assert path is not None, "the package ships a calibrated configuration for DDIM 50 steps"
+    config = load_config(path)
+    assert config.provenance["command"].startswith(f"tiec calibrate --model {model}")
+    argv = ["generate", "--model", model, "--class-labels", "3", "--quiet", "--no-count-macs"]
+    assert main([*argv, "--out", str(tmp_path / "calibrated")]) == 0
+    record = json.loads((tmp_path / "calibrated" / "record.json").read_text())
+    assert record["config"] == str(path) and record["policy"] == config.policy
+    assert record["key_steps"] == [int(k) for k in config.keys.split(",")]
+    for other in (["--steps", "20"], ["--keys", "every:2"]):  # another step count, or any caching option
+        assert main([*argv, *other, "--out", str(tmp_path / other[0])]) == 0
+        record = json.loads((tmp_path / other[0] / "record.json").read_text())
+        assert record["config"] is None and record["policy"] == "linear"
+    assert record["key_steps"] == list(range(0, 50, 2))

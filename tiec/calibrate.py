@@ -310,29 +310,30 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
                 score(Candidate(keys, *combo))
                 bar.update(1)
 
-    # 3. greedy refinement of the front's schedules
+    # 3. greedy refinement of the front's schedules (no end known in advance: the bar counts trials)
     sweeps = 0
     deadline = start + time_budget
     improved = True
-    while improved and time.perf_counter() < deadline and sweeps < (1 if quick else 4):
-        improved = False
-        sweeps += 1
-        candidates = list(scores)
-        front = [candidates[i] for i in pareto_front([(scores[c]["macs"], scores[c]["psnr_db"]) for c in candidates])]
-        for candidate in front[: 2 if quick else None]:
-            if time.perf_counter() >= deadline:
-                break
-            current = candidate
-            for neighbour in _neighbours(current.keys, steps):
+    with progress_bar(total=None, enabled=progress, desc="refinement") as bar:
+        while improved and time.perf_counter() < deadline and sweeps < (1 if quick else 4):
+            improved = False
+            sweeps += 1
+            for candidate in _front(scores)[: 2 if quick else None]:
                 if time.perf_counter() >= deadline:
                     break
-                trial = replace(current, keys=neighbour)
-                if score(trial)["macs"] <= score(current)["macs"] and score(trial)["psnr_db"] > score(current)["psnr_db"]:
-                    current, improved = trial, True
+                current = candidate
+                for neighbour in _neighbours(current.keys, steps):
+                    if time.perf_counter() >= deadline:
+                        break
+                    trial = replace(current, keys=neighbour)
+                    better = score(trial)["psnr_db"] > score(current)["psnr_db"]
+                    if better and score(trial)["macs"] <= score(current)["macs"]:
+                        current, improved = trial, True
+                    bar.update(1)
 
     # validation on held-out inputs: the front, the uniform grid of the best combination, fewer steps
     candidates = list(scores)
-    front = [candidates[i] for i in pareto_front([(scores[c]["macs"], scores[c]["psnr_db"]) for c in candidates])]
+    front = _front(scores)
     grid = [Candidate(keys, p, best[0][1], best[0][2]) for keys in schedules if len(keys) < steps
             for p in ("hold", "linear")]
     validate = list(dict.fromkeys(front + grid))
@@ -369,6 +370,12 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
                 config=pick.config(steps, depth_option=evaluator.depth_option, mac_ratio=scores[pick]["mac_ratio"],
                                    calibration_psnr_db=scores[pick]["psnr_db"],
                                    held_out_psnr_db=scores[pick].get("held_out_psnr_db")).to_dict())
+
+
+def _front(scores: dict[Candidate, dict]) -> list[Candidate]:
+    """The candidates on the Pareto front of MACs against calibration PSNR, cheapest first."""
+    candidates = list(scores)
+    return [candidates[i] for i in pareto_front([(scores[c]["macs"], scores[c]["psnr_db"]) for c in candidates])]
 
 
 def _neighbours(keys: tuple[int, ...], steps: int) -> list[tuple[int, ...]]:

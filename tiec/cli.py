@@ -123,21 +123,29 @@ def _merge(parts: list[dict]) -> dict:
 
 
 def _caching_options(args: argparse.Namespace) -> dict[str, Any]:
-    """keys, policy, coordinate and split depth: from --config, or from the options and the defaults."""
+    """keys, policy, coordinate, split depth and the configuration file they came from: --config;
+    on a demo model with no caching option, the shipped calibrated configuration for its sampler
+    and step count; otherwise the options and the uniform defaults."""
     explicit = {"--keys": args.keys, "--policy": args.policy, "--encoder-blocks": args.encoder_blocks,
                 "--decoder-start": args.decoder_start}
-    if args.config is None:
-        return dict(keys=args.keys or DEMO_DEFAULTS["keys"], policy=args.policy or DEMO_DEFAULTS["policy"],
-                    coordinate="auto", encoder_blocks=args.encoder_blocks, decoder_start=args.decoder_start)
     clash = [name for name, value in explicit.items() if value is not None]
+    path = args.config
+    if path is None and not clash and args.model in DEMO_MODELS:
+        from .demo import calibrated_config
+
+        path = calibrated_config(args.model, args.scheduler or "ddim", args.steps)
+    if path is None:
+        return dict(keys=args.keys or DEMO_DEFAULTS["keys"], policy=args.policy or DEMO_DEFAULTS["policy"],
+                    coordinate="auto", encoder_blocks=args.encoder_blocks, decoder_start=args.decoder_start,
+                    config=None)
     if clash:
-        raise UsageError(f"--config {str(args.config)!r} sets keys, policy and split depth; drop {', '.join(clash)}")
+        raise UsageError(f"--config {str(path)!r} sets keys, policy and split depth; drop {', '.join(clash)}")
     try:
-        config = load_config(args.config)
+        config = load_config(path)
     except TiecError as error:
         raise UsageError(f"--config: {error}") from None
     return dict(keys=config.keys, policy=config.policy, coordinate=config.coordinate,
-                encoder_blocks=config.encoder_blocks, decoder_start=config.decoder_start)
+                encoder_blocks=config.encoder_blocks, decoder_start=config.decoder_start, config=str(path))
 
 
 def _generate(args: argparse.Namespace) -> Optional[dict]:
@@ -186,7 +194,8 @@ def _generate(args: argparse.Namespace) -> Optional[dict]:
     for path in out.glob("stats-*.json"):
         path.unlink()
     merged = _merge(parts)
-    record = {**settings, "num_images": count, "processes": state.num_processes, "images_skipped": skipped,
+    record = {**settings, "config": caching["config"], "num_images": count, "processes": state.num_processes,
+              "images_skipped": skipped,
               **merged, "index": "index.json", "grid": "grid.png"}
     store.write_index(count, record=record)
     store.write_grid(count, columns=10 if is_demo else 4)
@@ -217,6 +226,8 @@ def _run(args: argparse.Namespace) -> int:
             if c["mac_ratio"] is not None:
                 line += f", {c['mac_ratio']:.2f} of the MACs"
         print(line)
+        if record["config"]:
+            print(f"keys {record['keys']}, {record['policy']}, from {record['config']}")
         print(f"wrote {args.out / 'grid.png'}, {record['num_images']} images in {args.out / 'images'}, "
               f"{args.out / 'index.json'} and {args.out / 'record.json'}")
     return 0
@@ -248,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="diffusers scheduler (default: ddim for demo models, the pipeline's own otherwise)")
     sampler.add_argument("--config", type=Path,
                          help="a tiec configuration file (tiec calibrate's output) setting keys, policy, time "
-                              "coordinate and split depth")
+                              "coordinate and split depth (default on a demo model given none of --keys, --policy, "
+                              "--encoder-blocks, --decoder-start: the calibrated configuration shipped for its "
+                              "sampler and step count, when there is one)")
     sampler.add_argument("--keys", help="key steps: 'every:N', a preset name, 'all' or a list like 0,1,5 "
                                         f"(default {DEMO_DEFAULTS['keys']})")
     sampler.add_argument("--policy", help="hold, linear, polynomial(k), lookahead or lookahead-accept "

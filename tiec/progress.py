@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from ._errors import MissingDependencyError
 
@@ -16,8 +16,9 @@ class _Silent:
 
 
 @contextlib.contextmanager
-def progress_bar(*, total: int, enabled: bool, desc: str) -> Iterator[Any]:
-    """A tqdm bar when ``enabled`` (tqdm must be installed), otherwise a no-op with ``update``."""
+def progress_bar(*, total: Optional[int], enabled: bool, desc: str) -> Iterator[Any]:
+    """A tqdm bar when ``enabled`` (tqdm must be installed), otherwise a no-op with ``update``;
+    ``total=None`` counts without an end."""
     if not enabled:
         yield _Silent()
         return

@@ -21,7 +21,7 @@ import torch
 from .._errors import TiecValueError
 from .data import NUM_CLASSES, RESOLUTION
 
-__all__ = ["DemoDiT", "DemoUNet", "ClassTokenSplit", "load", "MODELS", "WEIGHTS"]
+__all__ = ["DemoDiT", "DemoUNet", "ClassTokenSplit", "load", "calibrated_config", "MODELS", "WEIGHTS"]
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 MODELS = ("dit-digits", "unet-digits", "digits-classifier")
@@ -90,6 +90,25 @@ class DemoUNet(DemoDiT):
 
         assert self.tokens is not None
         return ClassTokenSplit(UNet2DConditionSplit(self.transformer, decoder_start=decoder_start or 0), self.tokens)
+
+
+def calibrated_config(name: str, scheduler: str = "ddim", steps: int = 50) -> Optional[Path]:
+    """The shipped configuration ``tiec calibrate`` found for a demo model, sampler and step count
+    (``weights/<name>/calibrated-<scheduler>.json``), or ``None`` when none was shipped for them.
+
+    ``tiec generate`` uses it on a demo model when no caching option is given; its
+    ``provenance`` holds the command that produced it and the PSNRs it reached.
+
+    Examples:
+        >>> calibrated_config("dit-digits", "heun", 50) is None
+        True
+    """
+    path = WEIGHTS / name / f"calibrated-{scheduler}.json"
+    if not path.is_file():
+        return None
+    from ..config import load_config
+
+    return path if load_config(path).steps == steps else None
 
 
 def _require_weights(name: str) -> Path:
