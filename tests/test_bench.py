@@ -133,3 +133,22 @@ def test_the_configured_part_runs_only_the_configuration_rows(tmp_path):
     joined = json.loads((tmp_path / "dit-digits-ddim-quick.json").read_text())
     fewer = {row["steps"] for row in joined["rows"] if row["family"] == "fewer-steps"}
     assert round(10 * piece["rows"][1]["mac_ratio"]) in fewer
+
+
+def test_deepcache_runs_from_its_own_package_on_the_demo_unet():
+    """The UNet's peer row: DeepCache's helper on a StableDiffusionPipeline around the demo UNet.
+    Interval 1 recomputes every step, so it must equal the reference; interval 3 must not."""
+    pytest.importorskip("DeepCache")
+    from tiec.bench import bench_demo
+
+    methods = [Method("reference (every step a key)", "reference", 6)]
+    methods += [Method(f"DeepCache, interval {k}", "peer", 6, peer="deepcache",
+                       peer_options=(("cache_interval", k), ("cache_branch_id", 0))) for k in (1, 3)]
+    results = bench_demo("unet-digits", num_samples=4, timing_batch=2, repeats=1, methods=methods, progress=False)
+    reference, every, sparse = results["rows"]
+    assert every["error"] is None and sparse["error"] is None, (every["error"], sparse["error"])
+    # Same images; the MACs differ only by the time embedding, which the pipeline runs per image
+    # and tiec's split once per call.
+    assert every["psnr_db"] == float("inf")
+    assert every["macs_per_image"] == pytest.approx(reference["macs_per_image"], rel=1e-3)
+    assert 0 < sparse["psnr_db"] < 100 and sparse["macs_per_image"] < reference["macs_per_image"]
