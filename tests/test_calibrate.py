@@ -56,6 +56,27 @@ def test_the_front_is_validated_on_held_out_inputs(quick):
     assert all(0 < r["mac_ratio"] < 1 for r in results["fewer_steps"])
 
 
+def test_each_front_point_is_compared_with_the_uniform_grids_and_fewer_steps(quick):
+    out, results = quick
+    rows = results["candidates"]
+    benchmark = [r for r in rows if "benchmark" in r["grids"]]
+    assert {r["policy"] for r in benchmark} == {"hold", "linear"} and {r["coordinate"] for r in benchmark} == {"auto"}
+    assert all("held_out_psnr_db" in r for r in rows if r["grids"] or r["front"])
+    comparison = results["front_comparison"]
+    assert len(comparison) == sum(r["front"] for r in rows)
+    for point in comparison:
+        macs = next(r["macs"] for r in rows if r["front"] and (r["keys"], r["policy"]) == (point["keys"], point["policy"]))
+        cheaper = [r["held_out_psnr_db"] for r in rows if r["grids"] and r["macs"] <= macs]
+        best = point["best_uniform"]
+        if best is None:
+            assert not cheaper and point["margin_over_uniform_db"] is None
+            continue
+        assert best["grids"] and best["macs"] <= macs and best["held_out_psnr_db"] == max(cheaper)
+        assert point["margin_over_uniform_db"] == pytest.approx(point["held_out_psnr_db"] - best["held_out_psnr_db"])
+    table = (out / "dit-digits-ddim-quick-calibration.md").read_text()
+    assert table.count("\n| 0.") == len(comparison) and results["command"] in table
+
+
 def test_the_calibrated_config_runs_in_generate(quick, tmp_path):
     out, _ = quick
     assert main(["generate", "--config", str(out / "dit-digits-ddim-quick-config.json"), "--steps", "10",

@@ -39,7 +39,7 @@ from .metrics import psnr
 from .progress import progress_bar
 from .schedules import uniform
 
-__all__ = ["Candidate", "calibrate", "pareto_front", "write_calibration"]
+__all__ = ["Candidate", "calibrate", "markdown_table", "pareto_front", "write_calibration"]
 
 GUIDANCE = 2.0
 
@@ -95,6 +95,8 @@ class _DemoEvaluator:
         self.steps = steps
         self.guidance_scale = GUIDANCE
         self.depth_option = "encoder_blocks" if model == "dit-digits" else "decoder_start"
+        self.default_depth = (len(self.demo.transformer.transformer_blocks)  # what generate and bench use
+                              if model == "dit-digits" else 0)
         self.unit_macs: dict[int, tuple[int, int]] = {}
         self.evaluations = 0
 
@@ -167,6 +169,8 @@ class _PipelineEvaluator:
         self.steps = steps
         self.guidance_scale = self.job.settings["guidance_scale"]
         self.depth_option = next(iter(self.job.depth))
+        self.default_depth = (max(len(self.job.pipe.transformer.transformer_blocks) // 2, 1)  # tiec's defaults
+                              if self.depth_option == "encoder_blocks" else 0)
         self.batch_size = batch_size
         self.counted: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         self.evaluations = 0
@@ -331,11 +335,17 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
                         current, improved = trial, True
                     bar.update(1)
 
-    # validation on held-out inputs: the front, the uniform grid of the best combination, fewer steps
-    candidates = list(scores)
+    # validation on held-out inputs: the front, two uniform grids (the searched schedules with hold
+    # and linear on the best combination; the benchmark's keys every 2, 3, 5 with every policy at
+    # the default depth and coordinate), fewer steps
     front = _front(scores)
-    grid = [Candidate(keys, p, best[0][1], best[0][2]) for keys in schedules if len(keys) < steps
-            for p in ("hold", "linear")]
+    grids = {
+        "searched": [Candidate(keys, p, best[0][1], best[0][2]) for keys in schedules if len(keys) < steps
+                     for p in ("hold", "linear")],
+        "benchmark": [Candidate(uniform(k).key_steps(steps), p, "auto", evaluator.default_depth)
+                      for k in ((2, 3) if quick else (2, 3, 5)) for p in policies],
+    }
+    grid = list(dict.fromkeys(grids["searched"] + grids["benchmark"]))
     validate = list(dict.fromkeys(front + grid))
     with progress_bar(total=len(validate), enabled=progress, desc="held-out") as bar:
         for candidate in validate:
@@ -353,20 +363,37 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
 
     within = [c for c in front if scores[c]["mac_ratio"] <= budget]
     pick = max(within, key=lambda c: scores[c]["psnr_db"]) if within else min(front, key=lambda c: scores[c]["macs"])
-    best_uniform = max((c for c in grid if scores[c]["mac_ratio"] <= scores[pick]["mac_ratio"]),
-                       key=lambda c: scores[c]["held_out_psnr_db"], default=None)
+
+    def best_uniform(macs: int) -> Optional[Candidate]:
+        """The uniform schedule with the best held-out PSNR at the same or lower MACs."""
+        return max((c for c in grid if scores[c]["macs"] <= macs), key=lambda c: scores[c]["held_out_psnr_db"],
+                   default=None)
 
     def row(c: Candidate) -> dict:
         return dict(keys=list(c.keys), policy=c.policy, coordinate=c.coordinate, depth=c.depth, **scores[c],
-                    front=c in front)
+                    front=c in front, grids=[name for name, members in grids.items() if c in members])
 
+    comparison = []  # each front point against the uniform grids and fewer steps at the same or lower MACs
+    for c in front:
+        uniform_best = best_uniform(scores[c]["macs"])
+        fewer_best = max((f for f in fewer if f["macs"] <= scores[c]["macs"]), key=lambda f: f["held_out_psnr_db"],
+                         default=None)
+        held = scores[c]["held_out_psnr_db"]
+        comparison.append(dict(
+            keys=list(c.keys), policy=c.policy, coordinate=c.coordinate, depth=c.depth,
+            mac_ratio=scores[c]["mac_ratio"], held_out_psnr_db=held,
+            best_uniform=row(uniform_best) if uniform_best else None,
+            margin_over_uniform_db=held - scores[uniform_best]["held_out_psnr_db"] if uniform_best else None,
+            fewer_steps=fewer_best["steps"] if fewer_best else None,
+            margin_over_fewer_steps_db=held - fewer_best["held_out_psnr_db"] if fewer_best else None))
+    pick_uniform = best_uniform(scores[pick]["macs"])
     return dict(model=model, name=evaluator.name, sampler=sampler, steps=steps,
                 guidance_scale=evaluator.guidance_scale, calibration_inputs=calibration,
                 held_out_inputs=held_out, budget=budget, quick=quick, reference_macs=reference_macs,
                 evaluations=evaluator.evaluations, refinement_sweeps=sweeps,
                 seconds=round(time.perf_counter() - start, 1), policy_rank=[list(c) for c in best],
-                candidates=[row(c) for c in candidates], fewer_steps=fewer,
-                recommended=row(pick), best_uniform_within_budget=row(best_uniform) if best_uniform else None,
+                candidates=[row(c) for c in scores], fewer_steps=fewer, front_comparison=comparison,
+                recommended=row(pick), best_uniform_within_budget=row(pick_uniform) if pick_uniform else None,
                 config=pick.config(steps, depth_option=evaluator.depth_option, mac_ratio=scores[pick]["mac_ratio"],
                                    calibration_psnr_db=scores[pick]["psnr_db"],
                                    held_out_psnr_db=scores[pick].get("held_out_psnr_db")).to_dict())
@@ -392,8 +419,37 @@ def _neighbours(keys: tuple[int, ...], steps: int) -> list[tuple[int, ...]]:
     return list(dict.fromkeys(out))
 
 
+def markdown_table(results: dict) -> str:
+    """The validated front as a markdown table: each point's held-out PSNR beside the best uniform
+    schedule and the best fewer-steps run at the same or lower MACs."""
+    def db(value: Optional[float]) -> str:
+        return "–" if value is None else f"{value:.1f}"
+
+    def margin(value: Optional[float]) -> str:
+        return "–" if value is None else f"{value:+.1f}"
+
+    lines = [f"Calibrated front of {results['name']}, {results['steps']} steps, on {results['held_out_inputs']} "
+             f"held-out inputs (PSNR to every step a key, dB). Command: `{results.get('command', '')}`", "",
+             "| MACs | keys | policy, coordinate, depth | held-out | best uniform at ≤ MACs | margin "
+             "| fewer steps at ≤ MACs | margin |", "|---|---|---|---|---|---|---|---|"]
+    fewer = {f["steps"]: f for f in results["fewer_steps"]}
+    for point in results["front_comparison"]:
+        uniform_best = point["best_uniform"]
+        uniform_text = "–" if uniform_best is None else (
+            f"{len(uniform_best['keys'])} keys, {uniform_best['policy']}, {uniform_best['coordinate']}, depth "
+            f"{uniform_best['depth']} ({uniform_best['mac_ratio']:.2f}): {db(uniform_best['held_out_psnr_db'])}")
+        n = point["fewer_steps"]
+        fewer_text = "–" if n is None else f"{n} steps ({fewer[n]['mac_ratio']:.2f}): {db(fewer[n]['held_out_psnr_db'])}"
+        lines.append(f"| {point['mac_ratio']:.3f} | {len(point['keys'])}: `{','.join(map(str, point['keys']))}` | "
+                     f"{point['policy']}, {point['coordinate']}, {point['depth']} | {db(point['held_out_psnr_db'])} | "
+                     f"{uniform_text} | {margin(point['margin_over_uniform_db'])} | {fewer_text} | "
+                     f"{margin(point['margin_over_fewer_steps_db'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_calibration(results: dict, out: Path) -> list[Path]:
-    """``<model>-<sampler>-calibration.json``, ``-calibration.png`` and the recommended ``-config.json``."""
+    """``<name>-calibration.json``, ``.md`` (the front's table), ``.png`` and the recommended
+    ``<name>-config.json``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -401,19 +457,25 @@ def write_calibration(results: dict, out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     stem = results["name"] + ("-quick" if results["quick"] else "")
-    paths = [out / f"{stem}-calibration.json", out / f"{stem}-calibration.png", out / f"{stem}-config.json"]
+    paths = [out / f"{stem}-calibration.json", out / f"{stem}-calibration.png", out / f"{stem}-config.json",
+             out / f"{stem}-calibration.md"]
     write_atomic(paths[0], json.dumps(results, indent=2) + "\n")
+    write_atomic(paths[3], markdown_table(results))
     TiecConfig.from_dict(results["config"]).save(paths[2])
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = plt.subplots(figsize=(7.5, 4.8))
     validated = [r for r in results["candidates"] if "held_out_psnr_db" in r]
     front = sorted((r["mac_ratio"], r["held_out_psnr_db"]) for r in validated if r["front"])
-    grid = [r for r in validated if not r["front"]]
+    searched = [r for r in validated if "searched" in r["grids"]]
     for policy, color in (("hold", "tab:orange"), ("linear", "tab:blue")):
-        points = [(r["mac_ratio"], r["held_out_psnr_db"]) for r in grid if r["policy"] == policy]
+        points = [(r["mac_ratio"], r["held_out_psnr_db"]) for r in searched if r["policy"] == policy]
         if points:
-            axis.scatter(*zip(*points), color=color, marker="s" if policy == "hold" else "^", s=18,
-                         label=f"uniform keys, {policy}")
+            axis.scatter(*zip(*points), color=color, marker="s" if policy == "hold" else "^", s=16, alpha=0.6,
+                         label=f"uniform schedules, {policy}")
+    benchmark = [r for r in validated if "benchmark" in r["grids"]]
+    for policy, marker in zip(dict.fromkeys(r["policy"] for r in benchmark), "xP+*1"):
+        points = [(r["mac_ratio"], r["held_out_psnr_db"]) for r in benchmark if r["policy"] == policy]
+        axis.scatter(*zip(*points), color="black", marker=marker, s=30, label=f"benchmark grid, {policy}")
     if front:
         axis.plot(*zip(*front), "-o", color="tab:red", label="calibrated front")
     fewer = sorted((r["mac_ratio"], r["held_out_psnr_db"]) for r in results["fewer_steps"])
