@@ -226,7 +226,7 @@ def bench_demo(model: str = "dit-digits", sampler: str = "ddim", *, num_samples:
     if part is not None:
         rows = [row for row in rows if row is reference or row.method.family == PARTS[part]]
 
-    reference_images = _reference_samples(runner, reference.method, labels, seeds, batch_size, cache)
+    reference_images = _reference_samples(runner, reference.method, labels, seeds, batch_size, cache, progress)
     reference_features, reference_predicted = runner.classify(reference_images)
     with progress_bar(total=len(rows), enabled=progress, desc="methods") as bar:
         for row in rows:
@@ -243,7 +243,7 @@ def bench_demo(model: str = "dit-digits", sampler: str = "ddim", *, num_samples:
 
 
 def _reference_samples(runner: DemoRunner, method: Method, labels: Sequence[int], seeds: Sequence[int],
-                       batch_size: int, cache: Optional[Path]) -> torch.Tensor:
+                       batch_size: int, cache: Optional[Path], progress: bool = False) -> torch.Tensor:
     """The reference images, from ``cache`` when an earlier piece of the same grid stored them."""
     import diffusers
     from safetensors.torch import load_file, save_file
@@ -261,7 +261,7 @@ def _reference_samples(runner: DemoRunner, method: Method, labels: Sequence[int]
             with safe_open(str(path), framework="pt") as stored:
                 if stored.metadata() == meta:
                     return load_file(str(path))["images"]
-    images = _samples(runner, method, labels, seeds, batch_size)
+    images = _samples(runner, method, labels, seeds, batch_size, progress=progress, desc="reference")
     if path is not None:
         with atomic_path(path) as tmp:
             save_file({"images": images.contiguous()}, str(tmp), metadata=meta)
@@ -301,9 +301,12 @@ def _count(runner: DemoRunner, row: _Row, labels: Sequence[int], seeds: Sequence
 
 
 def _samples(runner: DemoRunner, method: Method, labels: Sequence[int], seeds: Sequence[int],
-             batch_size: int) -> torch.Tensor:
-    parts = [runner.sample(method, labels[i:i + batch_size], seeds[i:i + batch_size])[0]
-             for i in range(0, len(labels), batch_size)]
+             batch_size: int, *, progress: bool = False, desc: str = "samples") -> torch.Tensor:
+    parts = []
+    with progress_bar(total=len(labels), enabled=progress, desc=desc) as bar:
+        for i in range(0, len(labels), batch_size):
+            parts.append(runner.sample(method, labels[i:i + batch_size], seeds[i:i + batch_size])[0])
+            bar.update(len(parts[-1]))
     return torch.cat(parts)
 
 
