@@ -14,14 +14,22 @@ import torch
 
 from ._errors import TiecTypeError, TiecValueError
 
-__all__ = ["Coordinate", "COORDINATES", "scheduler_log_sigmas", "coordinate_values"]
+__all__ = ["Coordinate", "COORDINATES", "log_sigma_at", "scheduler_log_sigmas", "coordinate_values"]
 
 Coordinate = Literal["auto", "t", "log_sigma", "step"]
 COORDINATES = ("auto", "t", "log_sigma", "step")
 
 
-def _log_sigma_from_alphas(alphas_cumprod: torch.Tensor, t: float) -> float:
-    """log σ(t) with σ = sqrt((1 - ᾱ) / ᾱ), ᾱ linearly interpolated at fractional ``t``."""
+def log_sigma_at(alphas_cumprod: torch.Tensor, t: float) -> float:
+    """log σ(t) with σ = sqrt((1 - ᾱ) / ᾱ), ᾱ linearly interpolated at fractional ``t`` (clamped to
+    the schedule); NaN where ᾱ is 0 or 1.
+
+    Examples:
+        >>> round(log_sigma_at(torch.tensor([0.8, 0.5, 0.2]), 1.0), 6)  # ᾱ = 0.5: σ = 1
+        0.0
+        >>> round(log_sigma_at(torch.tensor([0.8, 0.5, 0.2]), 1.5), 4)  # ᾱ = 0.35
+        0.3095
+    """
     last = alphas_cumprod.shape[0] - 1
     t = min(max(t, 0.0), float(last))
     low = int(math.floor(t))
@@ -47,7 +55,7 @@ def scheduler_log_sigmas(scheduler: Any, timesteps: Sequence[Any]) -> list[float
             return [math.log(v) for v in values]
     alphas = getattr(scheduler, "alphas_cumprod", None)
     if isinstance(alphas, torch.Tensor) and alphas.dim() == 1:
-        values = [_log_sigma_from_alphas(alphas, float(t)) for t in timesteps]
+        values = [log_sigma_at(alphas, float(t)) for t in timesteps]
         if all(math.isfinite(v) for v in values):
             return values
     return None

@@ -29,7 +29,7 @@ import torch
 from tiec._errors import TiecError, TiecNotImplementedError, TiecTypeError, TiecValueError
 from tiec.cached_model import CachedModel
 from tiec.config import ConfigLike, merge_config
-from tiec.coordinates import _log_sigma_from_alphas
+from tiec.coordinates import log_sigma_at
 from tiec.policies import Linear, PolicyLike
 from tiec.schedules import KeysLike
 
@@ -130,7 +130,7 @@ class PipelineCache:
     # -- time bookkeeping ----------------------------------------------------------------------
     def _log_sigma(self, t: float) -> float:
         alphas = getattr(self._scheduler(), "alphas_cumprod", None)
-        value = _log_sigma_from_alphas(alphas, t) if isinstance(alphas, torch.Tensor) else math.nan
+        value = log_sigma_at(alphas, t) if isinstance(alphas, torch.Tensor) else math.nan
         return value if math.isfinite(value) else -t  # decreasing like log σ where σ is unknown
 
     def _scheduler(self) -> Any:
