@@ -130,6 +130,34 @@ def test_masks_and_cross_attention_kwargs():
     assert cond["cross_attention_kwargs"] == {"scale": 0.5}
 
 
+@torch.no_grad()
+def test_a_peft_lora_adapter_at_any_scale():
+    """LoRA through diffusers' PEFT backend: the split applies ``cross_attention_kwargs["scale"]``
+    as the model's forward does, and undoes it after every call."""
+    pytest.importorskip("peft")
+    from diffusers.utils import USE_PEFT_BACKEND
+    from peft import LoraConfig
+
+    assert USE_PEFT_BACKEND
+    unet, make_inputs = FAMILIES["sd1"]()
+    torch.manual_seed(0)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                init_lora_weights=False))
+    x, cond = make_inputs(2, generator())
+    split = UNet2DConditionSplit(unet, decoder_start=1)
+    outputs = {}
+    for scale in (None, 0.5, 0.0):
+        kwargs = dict(cond) if scale is None else {**cond, "cross_attention_kwargs": {"scale": scale}}
+        expected = unet(x, 7, **kwargs).sample
+        outputs[scale] = split.decode(split.encode(x, 7, **kwargs), 7, **kwargs)
+        assert torch.equal(outputs[scale], expected), scale
+    unet.disable_adapters()
+    assert torch.equal(unet(x, 7, **cond).sample, outputs[0.0])  # scale 0 is the model without LoRA
+    unet.enable_adapters()
+    assert not torch.equal(outputs[None], outputs[0.5])
+    assert torch.equal(split.decode(split.encode(x, 7, **cond), 7, **cond), outputs[None])  # scale undone
+
+
 def test_bad_arguments():
     unet, _ = FAMILIES["sd1"]()
     with pytest.raises(ValueError, match=r"decoder_start must be an int in \[0, 3\] .* got 4"):
