@@ -244,8 +244,11 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
         progress: progress bars.
         prompts: pipelines with text: the calibration prompts (required); pass several, so the
             configuration is not fitted to one image.
-        negative_prompt, class_labels, guidance_scale, device, dtype: pipelines, as in
-            ``tiec generate`` (``class_labels`` is a comma-separated string for DiT pipelines).
+        negative_prompt: pipelines with text: the negative prompt.
+        class_labels: DiT pipelines: comma-separated labels to cycle through (default ``"0"``).
+        guidance_scale: pipelines: classifier-free guidance (``None``: the pipeline's default).
+        device: torch device.
+        dtype: pipelines: ``"float32"``, ``"float16"`` or ``"bfloat16"``.
         batch_size: pipelines: images per pipeline call.
     """
     from ._generate import DEMO_MODELS
