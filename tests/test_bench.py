@@ -152,3 +152,24 @@ def test_deepcache_runs_from_its_own_package_on_the_demo_unet():
     assert every["psnr_db"] == float("inf")
     assert every["macs_per_image"] == pytest.approx(reference["macs_per_image"], rel=1e-3)
     assert 0 < sparse["psnr_db"] < 100 and sparse["macs_per_image"] < reference["macs_per_image"]
+
+
+def test_a_family_is_cut_into_key_sets_and_rows_count_once(tmp_path):
+    argv = ["bench", "--quick", "--quiet", "--out", str(tmp_path)]
+    assert main([*argv, "--part", "tiec/every:3"]) == 0
+    piece = json.loads((tmp_path / "dit-digits-ddim-quick-part-tiec-every3.json").read_text())
+    assert {row["keys"] for row in piece["rows"][1:]} == {"every:3"} and piece["part"] == "tiec/every:3"
+    assert main([*argv, "--part", "tiec"]) == 0  # the whole family again: the joined grid lists each row once
+    joined = json.loads((tmp_path / "dit-digits-ddim-quick.json").read_text())
+    names = [row["name"] for row in joined["rows"]]
+    assert len(names) == len(set(names)) and len(joined["pieces"]) == 2
+
+
+@pytest.mark.parametrize("part, message", [
+    ("tiec/every:4", "the tiec rows of this grid have the key sets ['every:3'], not 'every:4'"),
+    ("nonsense", "part 'nonsense' is unknown"),
+])
+def test_a_bad_part_is_named(capsys, tmp_path, part, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--quick", "--quiet", "--out", str(tmp_path), "--part", part])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -179,13 +179,37 @@ PARTS = {"fasterdiffusion": "fasterdiffusion", "tiec": "tiec", "configured": "co
          "fewer-steps": "fewer-steps"}
 
 
+def part_filter(part: str, grid: Sequence[Method]) -> Any:
+    """Which rows a ``part`` runs: a name of :data:`PARTS` (a family), or ``family/keys`` for that
+    family's rows on one key set of the grid (``tiec/every:3``), to cut a long family into pieces.
+
+    Examples:
+        >>> grid = method_grid("ddim", model="dit-digits")
+        >>> keep = part_filter("tiec/every:5", grid)
+        >>> [m.policy for m in grid if keep(m)]
+        ['linear', 'polynomial(2)', 'lookahead', 'lookahead-accept']
+    """
+    name, _, keys = part.partition("/")
+    if name not in PARTS:
+        raise TiecValueError(f"part {part!r} is unknown; expected one of {sorted(PARTS)}, optionally with "
+                             "/<key set>, e.g. tiec/every:3")
+    family = PARTS[name]
+    if keys:
+        known = sorted({m.keys for m in grid if m.family == family})
+        if keys not in known:
+            raise TiecValueError(f"part {part!r}: the {name} rows of this grid have the key sets {known}, "
+                                 f"not {keys!r}")
+    return lambda method: method.family == family and (not keys or method.keys == keys)
+
+
 def bench_demo(model: str = "dit-digits", sampler: str = "ddim", *, num_samples: int = 1000, timing_batch: int = 10,
                repeats: int = 5, batch_size: int = 250, quick: bool = False, progress: bool = True,
                methods: Optional[Sequence[Method]] = None, part: Optional[str] = None,
                cache: Optional[Path] = None, configs: Sequence[tuple[str, Any]] = ()) -> dict:
     """Run the grid on a demo model; returns the results (rows, settings, machine) as a dict.
 
-    ``part`` runs only one family of rows (plus the reference), so a grid too long for one sitting
+    ``part`` runs only one family of rows, or one key set of it (:func:`part_filter`), plus the
+    reference, so a grid too long for one sitting
     runs in pieces that :func:`combine` joins; ``cache`` is a folder where the reference samples are
     kept between pieces (they depend only on the model, sampler, step count and samples).
     ``configs`` adds a row per ``(label, config)`` (:class:`tiec.TiecConfig` or its file), of the
@@ -195,16 +219,15 @@ def bench_demo(model: str = "dit-digits", sampler: str = "ddim", *, num_samples:
 
     if sampler not in SAMPLERS:
         raise TiecValueError(f"sampler {sampler!r} is unknown; expected one of {sorted(SAMPLERS)}")
-    if part is not None and part not in PARTS:
-        raise TiecValueError(f"part {part!r} is unknown; expected one of {sorted(PARTS)}")
     for name, value, minimum in (("num_samples", num_samples, 2), ("timing_batch", timing_batch, 1),
                                  ("repeats", repeats, 1), ("batch_size", batch_size, 1)):
         if value < minimum:
             raise TiecValueError(f"{name} must be >= {minimum}, got {value}")
-    runner = DemoRunner(model, sampler)
     grid = list(methods) if methods is not None else method_grid(sampler, model=model, quick=quick)
     steps = next(m.steps for m in grid if m.family == "reference")
     grid += [config_method(config, steps, label) for label, config in configs]
+    keep = part_filter(part, grid) if part is not None else None
+    runner = DemoRunner(model, sampler)
     labels = [i % NUM_CLASSES for i in range(num_samples)]
     seeds = list(range(num_samples))
     real, _ = load_digits()
@@ -223,8 +246,8 @@ def bench_demo(model: str = "dit-digits", sampler: str = "ddim", *, num_samples:
         for method in extra:
             rows.append(_Row(method))
             _count(runner, rows[-1], labels, seeds)
-    if part is not None:
-        rows = [row for row in rows if row is reference or row.method.family == PARTS[part]]
+    if keep is not None:
+        rows = [row for row in rows if row is reference or keep(row.method)]
 
     reference_images = _reference_samples(runner, reference.method, labels, seeds, batch_size, cache, progress)
     reference_features, reference_predicted = runner.classify(reference_images)
@@ -279,8 +302,17 @@ def combine(pieces: Sequence[dict]) -> dict:
         if any(piece[k] != first[k] for k in keys):
             raise TiecValueError(f"pieces of different grids cannot be combined: {[{k: p[k] for k in keys} for p in pieces]}")
     order = list(PARTS)
-    ordered = sorted(pieces, key=lambda p: order.index(p["part"]) if p.get("part") in order else -1)
-    rows = [first["rows"][0]] + [row for piece in ordered for row in piece["rows"] if row["family"] != "reference"]
+
+    def rank(piece: dict) -> int:
+        name = (piece.get("part") or "").partition("/")[0]
+        return order.index(name) if name in order else -1
+
+    ordered = sorted(pieces, key=rank)
+    rows = {first["rows"][0]["name"]: first["rows"][0]}
+    for piece in ordered:  # a row measured by two pieces (a family and one of its key sets) counts once
+        for row in piece["rows"]:
+            rows.setdefault(row["name"], row)
+    rows = list(rows.values())
     return {**first, "part": None, "pieces": [p.get("command") for p in ordered],
             "seconds": round(sum(p["seconds"] for p in pieces), 1), "rows": rows}
 

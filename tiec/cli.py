@@ -381,9 +381,10 @@ def _add_bench(commands: Any) -> None:
     bench.add_argument("--timing-batch", type=int, default=10, help="images per timed run (default 10)")
     bench.add_argument("--repeats", type=int, default=5, help="timed runs per method (default 5)")
     bench.add_argument("--batch-size", type=int, default=250, help="images sampled together (default 250)")
-    bench.add_argument("--part", choices=["fasterdiffusion", "tiec", "configured", "peers", "fewer-steps"],
-                       help="run one family of rows (and the reference); the pieces in --out are joined into "
-                            "<model>-<sampler>.json/.md/.png after each piece")
+    bench.add_argument("--part",
+                       help="run one family of rows (and the reference): fasterdiffusion, tiec, configured, peers "
+                            "or fewer-steps, or one key set of a family, e.g. tiec/every:3; the pieces in --out "
+                            "are joined into <model>-<sampler>.json/.md/.png after each piece")
     bench.add_argument("--config", type=Path, action="append", default=[],
                        help="add a row for this tiec configuration file (repeatable; --part configured runs only "
                             "these rows)")
@@ -425,7 +426,7 @@ def _bench(args: argparse.Namespace) -> int:
         stem = f"{args.model}-{args.sampler}" + ("-quick" if args.quick else "")
     results["command"] = command
     if getattr(args, "part", None):
-        write_results(results, out, f"{stem}-part-{args.part}")
+        write_results(results, out, f"{stem}-part-{args.part.replace('/', '-').replace(':', '')}")
         pieces = [json.loads(path.read_text()) for path in sorted(out.glob(f"{stem}-part-*.json"))]
         results = combine([p for p in pieces if p["num_samples"] == results["num_samples"]])
     paths = write_results(results, out, stem)
