@@ -1,6 +1,7 @@
 """``tiec calibrate``: the Pareto front, the quick search end to end, the configuration it writes."""
 
 import json
+import math
 
 import pytest
 from hypothesis import given
@@ -67,6 +68,8 @@ def test_each_front_point_is_compared_with_the_uniform_grids_and_fewer_steps(qui
     for point in comparison:
         macs = next(r["macs"] for r in rows if r["front"] and (r["keys"], r["policy"]) == (point["keys"], point["policy"]))
         cheaper = [r["held_out_psnr_db"] for r in rows if r["grids"] and r["macs"] <= macs]
+        matched = math.floor(results["steps"] * point["mac_ratio"] + 1e-9)  # the most steps within its MACs
+        assert matched < 1 or matched >= results["steps"] or matched in {f["steps"] for f in results["fewer_steps"]}
         best = point["best_uniform"]
         if best is None:
             assert not cheaper and point["margin_over_uniform_db"] is None

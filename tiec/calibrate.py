@@ -356,7 +356,10 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
             scores[candidate]["held_out_psnr_db"] = psnr(evaluator.images(candidate, hold)[0], reference["held"])
             bar.update(1)
     fewer = []
-    for n in sorted({max(1, round(steps * r)) for r in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)} - {steps}):
+    # a coarse curve, and for each front point the most steps within its MACs (the fair comparison)
+    counts = {max(1, round(steps * r)) for r in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)}
+    counts |= {max(1, math.floor(steps * scores[c]["mac_ratio"] + 1e-9)) for c in front}
+    for n in sorted(counts - {steps}):
         short = Candidate(tuple(range(n)), "linear", "t", depths[-1])
         row: dict[str, Any] = {}
         for name, inputs in (("psnr_db", cal), ("held_out_psnr_db", hold)):
