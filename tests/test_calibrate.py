@@ -153,3 +153,19 @@ def test_a_text_pipeline_needs_a_prompt(saved, capsys, tmp_path):
         main(["calibrate", "--model", str(saved["sd"]), "--quick", "--quiet", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "--prompt is required for a StableDiffusionPipeline" in capsys.readouterr().err
+
+
+def test_a_finished_search_is_picked_again_for_another_budget(quick, tmp_path, capsys):
+    out, results = quick
+    assert main(["calibrate", "--from-results", str(out / "dit-digits-ddim-quick-calibration.json"),
+                 "--budget", "1.0", "--out", str(tmp_path)]) == 0
+    assert "recommended within 1.0 of the MACs" in capsys.readouterr().out
+    again = json.loads((tmp_path / "dit-digits-ddim-quick-calibration.json").read_text())
+    front = [r for r in results["candidates"] if r["front"]]
+    assert again["recommended"] == max(front, key=lambda r: r["psnr_db"]) and again["budget"] == 1.0
+    assert again["candidates"] == results["candidates"]  # no new search
+    config = load_config(tmp_path / "dit-digits-ddim-quick-config.json")
+    assert config.provenance["command"] == results["command"] and "--from-results" in config.provenance["picked_by"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["calibrate", "--from-results", str(tmp_path / "missing.json"), "--quiet", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "--from-results" in capsys.readouterr().err

@@ -39,7 +39,7 @@ from .metrics import psnr
 from .progress import progress_bar
 from .schedules import uniform
 
-__all__ = ["Candidate", "calibrate", "markdown_table", "pareto_front", "write_calibration"]
+__all__ = ["Candidate", "calibrate", "markdown_table", "pareto_front", "recommend", "write_calibration"]
 
 GUIDANCE = 2.0
 
@@ -367,8 +367,6 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
             row[name] = psnr(images, reference["cal" if name == "psnr_db" else "held"])
         fewer.append(dict(steps=n, macs=macs, mac_ratio=macs / reference_macs, **row))
 
-    within = [c for c in front if scores[c]["mac_ratio"] <= budget]
-    pick = max(within, key=lambda c: scores[c]["psnr_db"]) if within else min(front, key=lambda c: scores[c]["macs"])
 
     def best_uniform(macs: int) -> Optional[Candidate]:
         """The uniform schedule with the best held-out PSNR at the same or lower MACs."""
@@ -392,17 +390,38 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
             margin_over_uniform_db=held - scores[uniform_best]["held_out_psnr_db"] if uniform_best else None,
             fewer_steps=fewer_best["steps"] if fewer_best else None,
             margin_over_fewer_steps_db=held - fewer_best["held_out_psnr_db"] if fewer_best else None))
-    pick_uniform = best_uniform(scores[pick]["macs"])
-    return dict(model=model, name=evaluator.name, sampler=sampler, steps=steps,
+    results = dict(model=model, name=evaluator.name, sampler=sampler, steps=steps,
                 guidance_scale=evaluator.guidance_scale, calibration_inputs=calibration,
                 held_out_inputs=held_out, budget=budget, quick=quick, reference_macs=reference_macs,
                 evaluations=evaluator.evaluations, refinement_sweeps=sweeps,
                 seconds=round(time.perf_counter() - start, 1), policy_rank=[list(c) for c in best],
                 candidates=[row(c) for c in scores], fewer_steps=fewer, front_comparison=comparison,
-                recommended=row(pick), best_uniform_within_budget=row(pick_uniform) if pick_uniform else None,
-                config=pick.config(steps, depth_option=evaluator.depth_option, mac_ratio=scores[pick]["mac_ratio"],
-                                   calibration_psnr_db=scores[pick]["psnr_db"],
-                                   held_out_psnr_db=scores[pick].get("held_out_psnr_db")).to_dict())
+                depth_option=evaluator.depth_option)
+    return recommend(results, budget)
+
+
+def recommend(results: dict, budget: float) -> dict:
+    """Pick the configuration from a finished search: the front point with the best calibration
+    PSNR within ``budget`` (a MAC ratio; the cheapest front point when none fits), beside the
+    uniform schedule with the best held-out PSNR at the same or lower MACs. Returns a copy of
+    ``results`` with ``budget``, ``recommended``, ``best_uniform_within_budget`` and ``config``
+    set, so another budget needs no new search (``tiec calibrate --from-results``).
+    """
+    if not 0 < budget <= 1:
+        raise TiecValueError(f"budget must be a MAC ratio in (0, 1], got {budget}")
+    front = [r for r in results["candidates"] if r["front"]]
+    within = [r for r in front if r["mac_ratio"] <= budget]
+    pick = max(within, key=lambda r: r["psnr_db"]) if within else min(front, key=lambda r: r["macs"])
+    uniform = [r for r in results["candidates"] if r.get("grids") and "held_out_psnr_db" in r
+               and r["macs"] <= pick["macs"]]
+    best = max(uniform, key=lambda r: r["held_out_psnr_db"], default=None)
+    depth_option = results.get("depth_option") or next(
+        k for k in ("encoder_blocks", "decoder_start") if results["config"].get(k) is not None)
+    chosen = Candidate(tuple(pick["keys"]), pick["policy"], pick["coordinate"], pick["depth"])
+    config = chosen.config(results["steps"], depth_option=depth_option, mac_ratio=pick["mac_ratio"],
+                           calibration_psnr_db=pick["psnr_db"], held_out_psnr_db=pick.get("held_out_psnr_db"))
+    return {**results, "budget": budget, "recommended": pick, "best_uniform_within_budget": best,
+            "config": config.to_dict()}
 
 
 def _front(scores: dict[Candidate, dict]) -> list[Candidate]:

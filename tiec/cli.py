@@ -322,12 +322,29 @@ def _add_calibrate(commands: Any) -> None:
                         help="seconds for the search; refinement stops when spent (default 1800)")
     search.add_argument("--batch-size", type=int, default=4, help="pipelines: images per pipeline call (default 4)")
     search.add_argument("--quick", action="store_true", help="a small search for tests (10 steps, 4 + 4 inputs)")
+    search.add_argument("--from-results", type=Path, metavar="JSON",
+                        help="no search: pick again within --budget from a finished search's "
+                             "<name>-calibration.json and write its files to --out")
     calibrate.add_argument("--out", type=Path, default=Path("calibration"), help="output folder")
     calibrate.add_argument("--quiet", action="store_true")
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import calibrate, write_calibration
+    from .calibrate import calibrate, recommend, write_calibration
+
+    if args.from_results is not None:
+        if not 0 < args.budget <= 1:
+            raise UsageError(f"--budget {args.budget} is not a MAC ratio in (0, 1], e.g. 0.4")
+        try:
+            search = json.loads(args.from_results.read_text())
+            results = recommend(search, args.budget)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise UsageError(f"--from-results {str(args.from_results)!r} is not a tiec calibrate result "
+                             f"({type(error).__name__}: {error})") from None
+        results["picked_by"] = "tiec " + " ".join(args.argv)
+        results["config"]["provenance"].update(command=results["command"], picked_by=results["picked_by"])
+        _report_calibration(results, write_calibration(results, _output_dir(args.out)), args)
+        return 0
 
     for name in ("calibration", "held_out", "batch_size"):
         if getattr(args, name) < 1:
@@ -357,16 +374,21 @@ def _calibrate(args: argparse.Namespace) -> int:
                         dtype=args.dtype, batch_size=args.batch_size)
     results["command"] = "tiec " + " ".join(args.argv)
     results["config"]["provenance"]["command"] = results["command"]
-    paths = write_calibration(results, out)
-    if not args.quiet:
-        pick = results["recommended"]
-        depth = "encoder blocks" if results["config"].get("encoder_blocks") is not None else "decoder start"
-        print(f"{results['evaluations']} evaluations in {results['seconds']} s; recommended within "
-              f"{args.budget} of the MACs: keys {','.join(map(str, pick['keys']))}, {pick['policy']}, "
-              f"{pick['coordinate']}, {depth} {pick['depth']}: {pick['mac_ratio']:.3f} of the MACs, PSNR "
-              f"{pick['psnr_db']:.2f} dB (held out: {pick['held_out_psnr_db']:.2f} dB)")
-        print("wrote " + ", ".join(str(p) for p in paths))
+    _report_calibration(results, write_calibration(results, out), args)
     return 0
+
+
+def _report_calibration(results: dict, paths: list[Path], args: argparse.Namespace) -> None:
+    if args.quiet:
+        return
+    pick = results["recommended"]
+    depth = "encoder blocks" if results["config"].get("encoder_blocks") is not None else "decoder start"
+    fits = "within" if pick["mac_ratio"] <= results["budget"] else "(none fits: the cheapest) for"
+    print(f"{results['evaluations']} evaluations in {results['seconds']} s; recommended {fits} "
+          f"{results['budget']} of the MACs: keys {','.join(map(str, pick['keys']))}, {pick['policy']}, "
+          f"{pick['coordinate']}, {depth} {pick['depth']}: {pick['mac_ratio']:.3f} of the MACs, PSNR "
+          f"{pick['psnr_db']:.2f} dB (held out: {pick['held_out_psnr_db']:.2f} dB)")
+    print("wrote " + ", ".join(str(p) for p in paths))
 
 
 def _add_bench(commands: Any) -> None:
