@@ -305,7 +305,7 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
                 bar.update(1)
             for rank, (_, combo) in enumerate(sorted(results, reverse=True)):
                 ranks[combo] += rank
-    best = sorted(combos, key=lambda combo: ranks[combo])[: 1 if quick else 3]
+    best = _carried(sorted(combos, key=lambda combo: ranks[combo]), 1 if quick else 3)
 
     # 2. uniform schedules with warm-up and a final key
     everies = (2, 3) if quick else (2, 3, 4, 5, 6, 8, 10)
@@ -422,6 +422,24 @@ def recommend(results: dict, budget: float) -> dict:
                            calibration_psnr_db=pick["psnr_db"], held_out_psnr_db=pick.get("held_out_psnr_db"))
     return {**results, "budget": budget, "recommended": pick, "best_uniform_within_budget": best,
             "config": config.to_dict()}
+
+
+def _carried(ranked: list[tuple], count: int) -> list[tuple]:
+    """The combinations stage 1 sends on: the ``count`` best ranked, and the best that does not
+    look ahead when all of those do. Ranks compare PSNR on the same key schedules, where lookahead
+    has paid for extra encoder passes; a plain blend with more keys can beat it at equal MACs.
+
+    Examples:
+        >>> _carried([("lookahead", "t", 1), ("lookahead-accept", "t", 1), ("linear", "t", 1)], 2)
+        [('lookahead', 't', 1), ('lookahead-accept', 't', 1), ('linear', 't', 1)]
+        >>> _carried([("linear", "t", 1), ("lookahead", "t", 1)], 1)
+        [('linear', 't', 1)]
+    """
+    carried = ranked[:count]
+    plain = next((combo for combo in ranked if not combo[0].startswith("lookahead")), None)
+    if plain is not None and all(policy.startswith("lookahead") for policy, *_ in carried):
+        carried.append(plain)
+    return carried
 
 
 def _front(scores: dict[Candidate, dict]) -> list[Candidate]:
