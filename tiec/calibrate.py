@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 
@@ -76,6 +76,16 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _dit_depths(blocks: int, quick: bool) -> list[int]:
+    """DiT split depths to search: half, three quarters and all of the blocks (quick: all).
+
+    Examples:
+        >>> _dit_depths(8, quick=False), _dit_depths(3, quick=False), _dit_depths(8, quick=True)
+        ([4, 6, 8], [1, 2, 3], [8])
+    """
+    return [blocks] if quick else sorted({max(1, blocks // 2), max(1, 3 * blocks // 4), blocks})
+
+
 class _DemoEvaluator:
     """Samples a demo model with a candidate; inputs are ``(labels, seeds)``.
 
@@ -103,7 +113,7 @@ class _DemoEvaluator:
     def depths(self, quick: bool) -> list[int]:
         """Split depths to search (quick: the model's default only)."""
         if self.model == "dit-digits":
-            return [8] if quick else [4, 6, 8]
+            return _dit_depths(len(self.demo.transformer.transformer_blocks), quick)
         return [0] if quick else [0, 1]
 
     def inputs(self, count: int, *, held_out: bool) -> tuple[list[int], list[int]]:
@@ -180,8 +190,7 @@ class _PipelineEvaluator:
         decoder from up block 0 or 1 (quick: 0)."""
         pipe = self.job.pipe
         if self.depth_option == "encoder_blocks":
-            blocks = len(pipe.transformer.transformer_blocks)
-            return [blocks] if quick else sorted({max(1, blocks // 2), max(1, 3 * blocks // 4), blocks})
+            return _dit_depths(len(pipe.transformer.transformer_blocks), quick)
         return [0] if quick or len(pipe.unet.up_blocks) < 2 else [0, 1]
 
     def inputs(self, count: int, *, held_out: bool) -> list[int]:
@@ -368,26 +377,20 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
         fewer.append(dict(steps=n, macs=macs, mac_ratio=macs / reference_macs, **row))
 
 
-    def best_uniform(macs: int) -> Optional[Candidate]:
-        """The uniform schedule with the best held-out PSNR at the same or lower MACs."""
-        return max((c for c in grid if scores[c]["macs"] <= macs), key=lambda c: scores[c]["held_out_psnr_db"],
-                   default=None)
-
-    def row(c: Candidate) -> dict:
-        return dict(keys=list(c.keys), policy=c.policy, coordinate=c.coordinate, depth=c.depth, **scores[c],
+    rows = {c: dict(keys=list(c.keys), policy=c.policy, coordinate=c.coordinate, depth=c.depth, **scores[c],
                     front=c in front, grids=[name for name, members in grids.items() if c in members])
-
+            for c in scores}
     comparison = []  # each front point against the uniform grids and fewer steps at the same or lower MACs
     for c in front:
-        uniform_best = best_uniform(scores[c]["macs"])
+        uniform_best = _best_uniform(rows.values(), scores[c]["macs"])
         fewer_best = max((f for f in fewer if f["macs"] <= scores[c]["macs"]), key=lambda f: f["held_out_psnr_db"],
                          default=None)
         held = scores[c]["held_out_psnr_db"]
         comparison.append(dict(
             keys=list(c.keys), policy=c.policy, coordinate=c.coordinate, depth=c.depth,
             mac_ratio=scores[c]["mac_ratio"], held_out_psnr_db=held,
-            best_uniform=row(uniform_best) if uniform_best else None,
-            margin_over_uniform_db=held - scores[uniform_best]["held_out_psnr_db"] if uniform_best else None,
+            best_uniform=uniform_best,
+            margin_over_uniform_db=held - uniform_best["held_out_psnr_db"] if uniform_best else None,
             fewer_steps=fewer_best["steps"] if fewer_best else None,
             margin_over_fewer_steps_db=held - fewer_best["held_out_psnr_db"] if fewer_best else None))
     results = dict(model=model, name=evaluator.name, sampler=sampler, steps=steps,
@@ -395,7 +398,7 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
                 held_out_inputs=held_out, budget=budget, quick=quick, reference_macs=reference_macs,
                 evaluations=evaluator.evaluations, refinement_sweeps=sweeps,
                 seconds=round(time.perf_counter() - start, 1), policy_rank=[list(c) for c in best],
-                candidates=[row(c) for c in scores], fewer_steps=fewer, front_comparison=comparison,
+                candidates=list(rows.values()), fewer_steps=fewer, front_comparison=comparison,
                 depth_option=evaluator.depth_option)
     return recommend(results, budget)
 
@@ -412,9 +415,7 @@ def recommend(results: dict, budget: float) -> dict:
     front = [r for r in results["candidates"] if r["front"]]
     within = [r for r in front if r["mac_ratio"] <= budget]
     pick = max(within, key=lambda r: r["psnr_db"]) if within else min(front, key=lambda r: r["macs"])
-    uniform = [r for r in results["candidates"] if r.get("grids") and "held_out_psnr_db" in r
-               and r["macs"] <= pick["macs"]]
-    best = max(uniform, key=lambda r: r["held_out_psnr_db"], default=None)
+    best = _best_uniform(results["candidates"], pick["macs"])
     depth_option = results.get("depth_option") or next(
         k for k in ("encoder_blocks", "decoder_start") if results["config"].get(k) is not None)
     chosen = Candidate(tuple(pick["keys"]), pick["policy"], pick["coordinate"], pick["depth"])
@@ -422,6 +423,12 @@ def recommend(results: dict, budget: float) -> dict:
                            calibration_psnr_db=pick["psnr_db"], held_out_psnr_db=pick.get("held_out_psnr_db"))
     return {**results, "budget": budget, "recommended": pick, "best_uniform_within_budget": best,
             "config": config.to_dict()}
+
+
+def _best_uniform(rows: Iterable[dict], macs: int) -> Optional[dict]:
+    """The validated uniform-grid row with the best held-out PSNR at ``macs`` or fewer."""
+    return max((r for r in rows if r.get("grids") and "held_out_psnr_db" in r and r["macs"] <= macs),
+               key=lambda r: r["held_out_psnr_db"], default=None)
 
 
 def _carried(ranked: list[tuple], count: int) -> list[tuple]:

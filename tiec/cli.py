@@ -332,9 +332,9 @@ def _add_calibrate(commands: Any) -> None:
 def _calibrate(args: argparse.Namespace) -> int:
     from .calibrate import calibrate, recommend, write_calibration
 
+    if not 0 < args.budget <= 1:
+        raise UsageError(f"--budget {args.budget} is not a MAC ratio in (0, 1], e.g. 0.4")
     if args.from_results is not None:
-        if not 0 < args.budget <= 1:
-            raise UsageError(f"--budget {args.budget} is not a MAC ratio in (0, 1], e.g. 0.4")
         try:
             search = json.loads(args.from_results.read_text())
             results = recommend(search, args.budget)
@@ -351,8 +351,6 @@ def _calibrate(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.steps is not None and args.steps < 2:
         raise UsageError(f"--steps must be >= 2, got {args.steps}")
-    if not 0 < args.budget <= 1:
-        raise UsageError(f"--budget {args.budget} is not a MAC ratio in (0, 1], e.g. 0.4")
     check_device(args.device)
     if args.model in DEMO_MODELS:
         given = {"--prompt": args.prompt or None, "--negative-prompt": args.negative_prompt,

@@ -100,7 +100,9 @@ def calibrated_config(name: str, scheduler: str = "ddim", steps: int = 50) -> Op
     ``provenance`` holds the command that produced it and the PSNRs it reached.
 
     Examples:
-        >>> calibrated_config("dit-digits", "heun", 50) is None
+        >>> calibrated_config("dit-digits").name
+        'calibrated-ddim.json'
+        >>> calibrated_config("dit-digits", "ddim", 20) is None  # calibrated for 50 steps only
         True
     """
     path = WEIGHTS / name / f"calibrated-{scheduler}.json"
