@@ -1,8 +1,14 @@
-"""Files written whole or not at all: to a ``.part`` name beside the target, then renamed onto it."""
+"""Files written whole or not at all: to a ``.part`` name beside the target, then renamed onto it.
+
+The ``.part`` name is unique to the write, so two processes writing the same file (two benchmark
+pieces joining their results into one table) never rename each other's half-written file, and a
+write that raises removes its ``.part`` file.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import secrets
 from pathlib import Path
 from typing import Any, Iterator, Union
 
@@ -18,12 +24,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
         >>> target = Path(tempfile.mkdtemp()) / "out.txt"
         >>> with atomic_path(target) as tmp:
         ...     _ = tmp.write_text("done")
-        >>> target.read_text(), tmp.exists()
-        ('done', False)
+        >>> target.read_text(), tmp.exists(), tmp.name.endswith(".part")
+        ('done', False, True)
     """
-    tmp = path.with_name(path.name + ".part")
-    yield tmp
-    tmp.replace(path)
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.part")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_atomic(path: Path, data: Union[str, bytes]) -> None:

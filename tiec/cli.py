@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -34,9 +35,8 @@ DEMO_DEFAULTS = dict(keys="every:3", policy="linear", guidance_scale=2.0)
 def _output_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".tiec-write-test"
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=path):  # a name of its own: runs sharing --out do not collide
+            pass
     except OSError as error:
         raise UsageError(f"--out {str(path)!r} cannot be written ({error.strerror}); choose a writable folder") from None
     return path
