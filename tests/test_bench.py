@@ -165,9 +165,28 @@ def test_a_family_is_cut_into_key_sets_and_rows_count_once(tmp_path):
     assert len(names) == len(set(names)) and len(joined["pieces"]) == 2
 
 
+def test_the_fewer_steps_rows_are_cut_by_step_count(tmp_path):
+    argv = ["bench", "--quick", "--quiet", "--out", str(tmp_path)]
+    assert main([*argv, "--part", "fewer-steps/1-7"]) == 0
+    assert main([*argv, "--part", "fewer-steps/8-9"]) == 0
+    low, high = (json.loads((tmp_path / f"dit-digits-ddim-quick-part-fewer-steps-{cut}.json").read_text())
+                 for cut in ("1-7", "8-9"))
+    low_steps = [row["steps"] for row in low["rows"][1:]]
+    high_steps = [row["steps"] for row in high["rows"][1:]]
+    assert low_steps and high_steps and max(low_steps) <= 7 and min(high_steps) >= 8
+    assert {row["family"] for row in low["rows"][1:] + high["rows"][1:]} == {"fewer-steps"}
+    assert main([*argv, "--part", "fewer-steps"]) == 0  # the same rows uncut
+    whole = json.loads((tmp_path / "dit-digits-ddim-quick-part-fewer-steps.json").read_text())
+    assert sorted(low_steps + high_steps) == sorted(row["steps"] for row in whole["rows"][1:])
+
+
 @pytest.mark.parametrize("part, message", [
     ("tiec/every:4", "the tiec rows of this grid have the key sets ['every:3'], not 'every:4'"),
     ("nonsense", "part 'nonsense' is unknown"),
+    ("fewer-steps/9-2", "cut the fewer-steps rows by step count, as fewer-steps/A-B (A <= B)"),
+    ("fewer-steps/every:3", "got 'every:3'"),
+    ("fewer-steps/40-49", "part 'fewer-steps/40-49' selects no rows; the fewer-steps rows of this grid have the "
+                          "step counts [")
 ])
 def test_a_bad_part_is_named(capsys, tmp_path, part, message):
     with pytest.raises(SystemExit) as exit_info:

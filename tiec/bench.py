@@ -180,26 +180,37 @@ PARTS = {"fasterdiffusion": "fasterdiffusion", "tiec": "tiec", "configured": "co
 
 
 def part_filter(part: str, grid: Sequence[Method]) -> Any:
-    """Which rows a ``part`` runs: a name of :data:`PARTS` (a family), or ``family/keys`` for that
-    family's rows on one key set of the grid (``tiec/every:3``), to cut a long family into pieces.
+    """Which rows a ``part`` runs: a name of :data:`PARTS` (a family), or a cut of a family too long
+    for one sitting: ``family/keys`` for its rows on one key set of the grid (``tiec/every:3``), and
+    ``fewer-steps/A-B`` (or ``/N``) for the fewer-steps rows of ``A`` to ``B`` steps.
 
     Examples:
         >>> grid = method_grid("ddim", model="dit-digits")
         >>> keep = part_filter("tiec/every:5", grid)
         >>> [m.policy for m in grid if keep(m)]
         ['linear', 'polynomial(2)', 'lookahead', 'lookahead-accept']
+        >>> keep = part_filter("fewer-steps/20-39", grid)
+        >>> [m.steps for m in fewer_steps([(grid[1], 500)], 1000, 50) if keep(m)]
+        [25]
     """
-    name, _, keys = part.partition("/")
+    name, _, cut = part.partition("/")
     if name not in PARTS:
         raise TiecValueError(f"part {part!r} is unknown; expected one of {sorted(PARTS)}, optionally with "
-                             "/<key set>, e.g. tiec/every:3")
+                             "/<key set> (e.g. tiec/every:3), or fewer-steps/<steps> (e.g. fewer-steps/20-39)")
     family = PARTS[name]
-    if keys:
+    if family == "fewer-steps" and cut:
+        low, _, high = cut.partition("-")
+        if not (low.isdigit() and (high or low).isdigit()) or int(low) > int(high or low):
+            raise TiecValueError(f"part {part!r}: cut the fewer-steps rows by step count, as fewer-steps/A-B "
+                                 f"(A <= B) or fewer-steps/N, e.g. fewer-steps/20-39; got {cut!r}")
+        steps = range(int(low), int(high or low) + 1)
+        return lambda method: method.family == family and method.steps in steps
+    if cut:
         known = sorted({m.keys for m in grid if m.family == family})
-        if keys not in known:
+        if cut not in known:
             raise TiecValueError(f"part {part!r}: the {name} rows of this grid have the key sets {known}, "
-                                 f"not {keys!r}")
-    return lambda method: method.family == family and (not keys or method.keys == keys)
+                                 f"not {cut!r}")
+    return lambda method: method.family == family and (not cut or method.keys == cut)
 
 
 def bench_demo(model: str = "dit-digits", sampler: str = "ddim", *, num_samples: int = 1000, timing_batch: int = 10,
@@ -247,7 +258,12 @@ def bench_demo(model: str = "dit-digits", sampler: str = "ddim", *, num_samples:
             rows.append(_Row(method))
             _count(runner, rows[-1], labels, seeds)
     if keep is not None:
-        rows = [row for row in rows if row is reference or keep(row.method)]
+        kept = [row for row in rows if row is reference or keep(row.method)]
+        if len(kept) == 1 and part.startswith("fewer-steps/"):  # a step range is checked once the rows exist
+            counts = sorted(row.method.steps for row in rows if row.method.family == "fewer-steps")
+            raise TiecValueError(f"part {part!r} selects no rows; the fewer-steps rows of this grid have the step "
+                                 f"counts {counts}")
+        rows = kept
 
     reference_images = _reference_samples(runner, reference.method, labels, seeds, batch_size, cache, progress)
     reference_features, reference_predicted = runner.classify(reference_images)
