@@ -200,10 +200,11 @@ def part_filter(part: str, grid: Sequence[Method]) -> Any:
     family = PARTS[name]
     if family == "fewer-steps" and cut:
         low, _, high = cut.partition("-")
-        if not (low.isdigit() and (high or low).isdigit()) or int(low) > int(high or low):
+        high = high or low  # fewer-steps/N: N to N
+        if not (low.isdigit() and high.isdigit()) or int(low) > int(high):
             raise TiecValueError(f"part {part!r}: cut the fewer-steps rows by step count, as fewer-steps/A-B "
                                  f"(A <= B) or fewer-steps/N, e.g. fewer-steps/20-39; got {cut!r}")
-        steps = range(int(low), int(high or low) + 1)
+        steps = range(int(low), int(high) + 1)
         return lambda method: method.family == family and method.steps in steps
     if cut:
         known = sorted({m.keys for m in grid if m.family == family})
