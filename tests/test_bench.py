@@ -165,6 +165,18 @@ def test_a_family_is_cut_into_key_sets_and_rows_count_once(tmp_path):
     assert len(names) == len(set(names)) and len(joined["pieces"]) == 2
 
 
+def test_a_key_set_is_cut_by_policy_and_the_piece_file_name_is_plain(tmp_path):
+    argv = ["bench", "--quick", "--quiet", "--out", str(tmp_path)]
+    assert main([*argv, "--part", "tiec/every:3/linear"]) == 0
+    piece = json.loads((tmp_path / "dit-digits-ddim-quick-part-tiec-every3-linear.json").read_text())
+    names = [row["name"] for row in piece["rows"]]
+    assert names == ["reference (every step a key)", "TIEC linear, keys every:3",
+                     "TIEC linear, keys every:3, parallel decoding"]
+    assert main([*argv, "--part", "tiec/every:3/lookahead"]) == 0
+    joined = json.loads((tmp_path / "dit-digits-ddim-quick.json").read_text())
+    assert {row["policy"] for row in joined["rows"][1:]} == {"linear", "lookahead"}
+
+
 def test_the_fewer_steps_rows_are_cut_by_step_count(tmp_path):
     argv = ["bench", "--quick", "--quiet", "--out", str(tmp_path)]
     assert main([*argv, "--part", "fewer-steps/1-7"]) == 0
@@ -183,6 +195,7 @@ def test_the_fewer_steps_rows_are_cut_by_step_count(tmp_path):
 @pytest.mark.parametrize("part, message", [
     ("tiec/every:4", "the tiec rows of this grid have the key sets ['every:3'], not 'every:4'"),
     ("nonsense", "part 'nonsense' is unknown"),
+    ("tiec/every:3/hold", "the tiec rows on keys every:3 have the policies ['linear', 'lookahead'], not 'hold'"),
     ("fewer-steps/9-2", "cut the fewer-steps rows by step count, as fewer-steps/A-B (A <= B)"),
     ("fewer-steps/every:3", "got 'every:3'"),
     ("fewer-steps/40-49", "part 'fewer-steps/40-49' selects no rows; the fewer-steps rows of this grid have the "

@@ -181,14 +181,20 @@ PARTS = {"fasterdiffusion": "fasterdiffusion", "tiec": "tiec", "configured": "co
 
 def part_filter(part: str, grid: Sequence[Method]) -> Any:
     """Which rows a ``part`` runs: a name of :data:`PARTS` (a family), or a cut of a family too long
-    for one sitting: ``family/keys`` for its rows on one key set of the grid (``tiec/every:3``), and
-    ``fewer-steps/A-B`` (or ``/N``) for the fewer-steps rows of ``A`` to ``B`` steps.
+    for one sitting: ``family/keys`` for its rows on one key set of the grid (``tiec/every:3``),
+    ``family/keys/policy`` for those of one policy (``tiec/every:3/lookahead``; the noise-injection and
+    parallel-decoding rows go with their policy), and ``fewer-steps/A-B`` (or ``/N``) for the
+    fewer-steps rows of ``A`` to ``B`` steps.
 
     Examples:
         >>> grid = method_grid("ddim", model="dit-digits")
         >>> keep = part_filter("tiec/every:5", grid)
         >>> [m.policy for m in grid if keep(m)]
         ['linear', 'polynomial(2)', 'lookahead', 'lookahead-accept']
+        >>> keep = part_filter("tiec/every:3/linear", grid)
+        >>> [m.name for m in grid if keep(m)]  # doctest: +NORMALIZE_WHITESPACE
+        ['TIEC linear, keys every:3', 'TIEC linear, keys every:3, noise injection',
+         'TIEC linear, keys every:3, parallel decoding']
         >>> keep = part_filter("fewer-steps/20-39", grid)
         >>> [m.steps for m in fewer_steps([(grid[1], 500)], 1000, 50) if keep(m)]
         [25]
@@ -196,7 +202,8 @@ def part_filter(part: str, grid: Sequence[Method]) -> Any:
     name, _, cut = part.partition("/")
     if name not in PARTS:
         raise TiecValueError(f"part {part!r} is unknown; expected one of {sorted(PARTS)}, optionally with "
-                             "/<key set> (e.g. tiec/every:3), or fewer-steps/<steps> (e.g. fewer-steps/20-39)")
+                             "/<key set> (e.g. tiec/every:3) and /<policy> (tiec/every:3/linear), or "
+                             "fewer-steps/<steps> (e.g. fewer-steps/20-39)")
     family = PARTS[name]
     if family == "fewer-steps" and cut:
         low, _, high = cut.partition("-")
@@ -206,12 +213,19 @@ def part_filter(part: str, grid: Sequence[Method]) -> Any:
                                  f"(A <= B) or fewer-steps/N, e.g. fewer-steps/20-39; got {cut!r}")
         steps = range(int(low), int(high) + 1)
         return lambda method: method.family == family and method.steps in steps
-    if cut:
+    keys, _, policy = cut.partition("/")
+    if keys:
         known = sorted({m.keys for m in grid if m.family == family})
-        if cut not in known:
+        if keys not in known:
             raise TiecValueError(f"part {part!r}: the {name} rows of this grid have the key sets {known}, "
-                                 f"not {cut!r}")
-    return lambda method: method.family == family and (not cut or method.keys == cut)
+                                 f"not {keys!r}")
+    if policy:
+        known = sorted({m.policy for m in grid if m.family == family and m.keys == keys})
+        if policy not in known:
+            raise TiecValueError(f"part {part!r}: the {name} rows on keys {keys} have the policies {known}, "
+                                 f"not {policy!r}")
+    return lambda method: (method.family == family and (not keys or method.keys == keys)
+                           and (not policy or method.policy == policy))
 
 
 def bench_demo(model: str = "dit-digits", sampler: str = "ddim", *, num_samples: int = 1000, timing_batch: int = 10,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import tempfile
 import time
@@ -403,8 +404,8 @@ def _add_bench(commands: Any) -> None:
     bench.add_argument("--batch-size", type=int, default=250, help="images sampled together (default 250)")
     bench.add_argument("--part",
                        help="run one family of rows (and the reference): fasterdiffusion, tiec, configured, peers "
-                            "or fewer-steps, or one key set of a family, e.g. tiec/every:3, or fewer-steps rows by "
-                            "step count, e.g. fewer-steps/20-39; the pieces in --out are joined into "
+                            "or fewer-steps, or one key set of a family, e.g. tiec/every:3, or one policy on it, e.g. "
+                            "tiec/every:3/linear, or fewer-steps rows by step count, e.g. fewer-steps/20-39; the pieces in --out are joined into "
                             "<model>-<sampler>.json/.md/.png after each piece")
     bench.add_argument("--config", type=Path, action="append", default=[],
                        help="add a row for this tiec configuration file (repeatable; --part configured runs only "
@@ -447,7 +448,7 @@ def _bench(args: argparse.Namespace) -> int:
         stem = f"{args.model}-{args.sampler}" + ("-quick" if args.quick else "")
     results["command"] = command
     if getattr(args, "part", None):
-        write_results(results, out, f"{stem}-part-{args.part.replace('/', '-').replace(':', '')}")
+        write_results(results, out, f"{stem}-part-{re.sub(r'[^A-Za-z0-9-]', '', args.part.replace('/', '-'))}")
         pieces = [json.loads(path.read_text()) for path in sorted(out.glob(f"{stem}-part-*.json"))]
         results = combine([p for p in pieces if p["num_samples"] == results["num_samples"]])
     paths = write_results(results, out, stem)
