@@ -195,6 +195,7 @@ def test_the_fewer_steps_rows_are_cut_by_step_count(tmp_path):
 @pytest.mark.parametrize("part, message", [
     ("tiec/every:4", "the tiec rows of this grid have the key sets ['every:3'], not 'every:4'"),
     ("nonsense", "part 'nonsense' is unknown"),
+    ("tiec//linear", "the tiec rows of this grid have the key sets ['every:3'], not ''"),
     ("tiec/every:3/hold", "the tiec rows on keys every:3 have the policies ['linear', 'lookahead'], not 'hold'"),
     ("fewer-steps/9-2", "cut the fewer-steps rows by step count, as fewer-steps/A-B (A <= B)"),
     ("fewer-steps/every:3", "got 'every:3'"),

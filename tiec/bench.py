@@ -214,7 +214,7 @@ def part_filter(part: str, grid: Sequence[Method]) -> Any:
         steps = range(int(low), int(high) + 1)
         return lambda method: method.family == family and method.steps in steps
     keys, _, policy = cut.partition("/")
-    if keys:
+    if keys or policy:  # a policy needs its key set: tiec//linear names the empty one
         known = sorted({m.keys for m in grid if m.family == family})
         if keys not in known:
             raise TiecValueError(f"part {part!r}: the {name} rows of this grid have the key sets {known}, "
