@@ -95,6 +95,8 @@ def test_speed_rows_carry_the_mac_bound(monkeypatch):
     assert every3["mac_bound"] == pytest.approx(1 / (1 - share * (1 - 2 / 6)))  # keys 0 and 3 of 6
     assert rows["TIEC lookahead, keys every:3"]["encoder_calls"] == 4  # keys 0, 3 + predicted keys 3 and 5 (the last step)
     assert "MAC bound" in markdown_table(results)
+    timed = sum(row["seconds_per_step_median"] * 6 for row in results["rows"])  # one run of 6 steps a row
+    assert 0 < timed <= results["seconds"] + 0.05  # the whole run, rounded to 0.1 s
 
 
 def test_bad_bench_input(capsys):

@@ -459,13 +459,15 @@ def speed_methods(arch: str) -> list[Method]:
 @torch.no_grad()
 def bench_speed(arch: str, *, steps: int = 10, repeats: int = 5, progress: bool = True) -> dict:
     """Wall time per step of each cached method on a full-size architecture (random weights, CPU or
-    wherever torch runs), next to the MAC-count bound from the counted encoder and decoder MACs."""
+    wherever torch runs), next to the MAC-count bound from the counted encoder and decoder MACs;
+    ``seconds`` is the whole run's, building the model included."""
     import diffusers
 
     from .flops import encoder_share
     from .guidance import ClassifierFreeGuidance
     from .loop import sample
 
+    start = time.perf_counter()
     model, make_split, cond, uncond, output_fn, description = _full_size(arch)
     noise = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(1))
     rows = []
@@ -499,7 +501,8 @@ def bench_speed(arch: str, *, steps: int = 10, repeats: int = 5, progress: bool 
     for row in rows:
         row["speedup"] = reference / row["seconds_per_step_median"]
     return dict(arch=arch, description=description, steps=steps, repeats=repeats, scheduler="ddim",
-                guidance_scale=GUIDANCE, machine=_machine(), rows=rows)
+                guidance_scale=GUIDANCE, machine=_machine(), seconds=round(time.perf_counter() - start, 1),
+                rows=rows)
 
 
 # -- reporting ---------------------------------------------------------------------------------
