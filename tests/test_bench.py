@@ -67,7 +67,7 @@ def test_the_full_grid_has_every_method_the_issue_names():
 
 
 def test_a_peer_that_fails_gets_a_row_with_its_error(monkeypatch):
-    import tiec._peers as peers
+    import tiec.bench.peers as peers
     from tiec.bench import bench_demo
 
     def broken(*args, **kwargs):
@@ -83,10 +83,10 @@ def test_a_peer_that_fails_gets_a_row_with_its_error(monkeypatch):
 
 
 def test_speed_rows_carry_the_mac_bound(monkeypatch):
-    import tiec.bench as bench
+    import tiec.bench.speed as speed
     from tiny_arch import tiny_full_size
 
-    monkeypatch.setattr(bench, "_full_size", tiny_full_size)
+    monkeypatch.setattr(speed, "_full_size", tiny_full_size)
     results = bench_speed("dit-xl-2", steps=6, repeats=1, progress=False)
     rows = {row["name"]: row for row in results["rows"]}
     assert rows["reference (every step a key)"]["mac_bound"] == pytest.approx(1.0)

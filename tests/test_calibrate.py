@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tiec import load_config
-from tiec.calibrate import _neighbours, pareto_front
+from tiec.calibrate import pareto_front
+from tiec.calibrate.candidates import neighbours as schedule_neighbours
 from tiec.cli import main
 
 
@@ -22,7 +23,7 @@ def test_the_front_is_exactly_the_points_nothing_beats(points):
 
 
 def test_neighbours_move_or_drop_one_key_and_keep_step_0():
-    neighbours = _neighbours((0, 3, 6), 10)
+    neighbours = schedule_neighbours((0, 3, 6), 10)
     assert (0, 3) in neighbours and (0, 1, 6) in neighbours and (0, 3, 8) in neighbours
     assert all(n[0] == 0 and len(set(n)) == len(n) and max(n) < 10 for n in neighbours)
     assert (0, 3, 6) not in neighbours and (3, 6) not in neighbours
@@ -121,10 +122,11 @@ def test_quick_calibration_of_a_stable_diffusion_folder(saved, tmp_path):
 
 def test_pipeline_macs_follow_from_the_encoder_calls_exactly(saved):
     """The evaluator predicts a candidate's MACs from two counted runs; a third counted run agrees."""
-    from tiec.calibrate import Candidate, _PipelineEvaluator
+    from tiec.calibrate import Candidate
+    from tiec.calibrate.evaluators import PipelineEvaluator
     from tiec.flops import count_flops
 
-    evaluator = _PipelineEvaluator(saved["dit"], "ddim", 6, class_labels="1,2", progress=False)
+    evaluator = PipelineEvaluator(saved["dit"], "ddim", 6, class_labels="1,2", progress=False)
     blocks = len(evaluator.job.pipe.transformer.transformer_blocks)
     assert evaluator.depth_option == "encoder_blocks" and evaluator.depths(quick=False)[-1] == blocks
     candidate = Candidate((0, 2, 5), "linear", "log_sigma", 1)

@@ -35,7 +35,7 @@ def test_generate_with_defaults_writes_a_grid_a_record_and_recognisable_digits(t
 def test_samples_are_classified_as_the_requested_class():
     from tiec.demo import load
     from tiec.demo.sampling import sample_digits
-    from tiec.cli import DEMO_DEFAULTS
+    from tiec.generate import DEMO_DEFAULTS
 
     demo, classifier = load("dit-digits"), load("digits-classifier")
     labels = [i % 10 for i in range(50)]

@@ -50,7 +50,7 @@ def test_training_commands_run_on_a_reduced_budget(tmp_path, model, capsys):
 
 
 def test_the_demo_unet_draws_the_requested_digits_with_tiec():
-    from tiec.cli import DEMO_DEFAULTS
+    from tiec.generate import DEMO_DEFAULTS
     from tiec.demo.sampling import sample_digits
 
     demo, classifier = load("unet-digits"), load("digits-classifier")

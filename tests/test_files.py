@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tiec._files import atomic_path, write_atomic
-from tiec.cli import _output_dir
+from tiec._files import writable_folder
 
 
 def test_two_writers_of_one_file_do_not_collide(tmp_path):
@@ -39,9 +39,9 @@ def test_output_dir_probes_without_touching_the_folder(tmp_path):
     (out / "mine.txt").write_text("keep")
 
     def probe(_):
-        return _output_dir(out)
+        return writable_folder(out)
 
     with ThreadPoolExecutor(max_workers=8) as pool:  # runs sharing --out probe it at the same time
         assert set(pool.map(probe, range(400))) == {out}
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
-    assert _output_dir(tmp_path / "new" / "deep").is_dir()
+    assert writable_folder(tmp_path / "new" / "deep").is_dir()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tiec._store import ImageStore
+from tiec.generate.run_folder import ImageStore
 from tiec.cli import main
 
 ARGS = ["--class-labels", "0,1,2,3,4,5,6,7,8,9", "--num-images", "2", "--steps", "12", "--batch-size", "2",

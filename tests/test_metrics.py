@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tiec import count_flops
-from tiec.metrics import frechet_distance, max_abs_error, psnr, ssim
+from tiec.bench.metrics import frechet_distance, max_abs_error, psnr, ssim
 
 
 def images(seed, shape=(3, 2, 12, 12)):
@@ -72,7 +72,7 @@ def test_peak_memory_sees_a_large_allocation():
     # In a fresh process: memory this one freed earlier may be reused without growing the resident set.
     code = (
         "import torch\n"
-        "from tiec.metrics import PeakMemory\n"
+        "from tiec.bench.metrics import PeakMemory\n"
         "with PeakMemory() as peak:\n"
         "    block = torch.ones(25_000_000)\n"
         "    block += 1\n"

@@ -14,6 +14,7 @@ __all__ = [
     "TiecNotImplementedError",
     "TiecTypeError",
     "TiecValueError",
+    "UsageError",
 ]
 
 
@@ -35,3 +36,9 @@ class TiecNotImplementedError(TiecError, NotImplementedError):
 
 class MissingDependencyError(TiecError, ImportError):
     """An optional dependency is missing; the message names the extra that brings it."""
+
+
+class UsageError(TiecValueError):
+    """Bad input to a command (``tiec generate``, ``bench``, ``calibrate``) or to the job behind it:
+    the message names the command-line option and the fix; the command line reports it in one
+    line and exits with code 2."""

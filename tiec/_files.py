@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Union
 
-__all__ = ["atomic_path", "write_atomic", "save_figure"]
+from ._errors import UsageError
+
+__all__ = ["atomic_path", "write_atomic", "save_figure", "writable_folder"]
 
 
 @contextlib.contextmanager
@@ -52,3 +55,20 @@ def save_figure(figure: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)
     plt.close(figure)
+
+
+def writable_folder(path: Path, option: str = "--out") -> Path:
+    """Create ``path`` if needed and check that files can be written in it, touching nothing that
+    is there (the probe is an anonymous temporary file, so runs sharing a folder never collide).
+
+    Raises:
+        UsageError: naming ``option`` and the reason, when the folder cannot be written.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise UsageError(f"{option} {str(path)!r} cannot be written ({error.strerror}); "
+                         "choose a writable folder") from None
+    return path

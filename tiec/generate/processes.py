@@ -10,7 +10,7 @@ import contextlib
 import os
 from typing import Any, Iterator, Sequence
 
-from ._generate import UsageError
+from .._errors import UsageError
 
 __all__ = ["ProcessState", "process_state"]
 

@@ -26,8 +26,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from ._files import atomic_path, write_atomic
-from ._generate import UsageError
+from .._files import atomic_path, write_atomic
+from .._errors import UsageError
 
 __all__ = ["ImageStore", "to_uint8", "png_bytes", "batches", "pending"]
 

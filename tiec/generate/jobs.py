@@ -1,4 +1,4 @@
-"""What ``tiec generate`` runs: a demo model, or a diffusers pipeline from a local folder.
+"""The jobs ``tiec generate`` runs: a demo model, or a diffusers pipeline from a local folder.
 
 A *job* makes images ``indices`` of its run for a given key schedule
 (``job(keys, indices, progress=...)``); the command line times it, counts its MACs in a separate
@@ -19,11 +19,12 @@ from typing import Any, Optional
 
 import torch
 
-from ._errors import TiecError, TiecValueError
-from .policies import Lookahead, get_policy
-from .schedules import get_schedule
+from .._errors import TiecError, UsageError
+from ..policies import Lookahead, get_policy
+from ..schedules import get_schedule
 
-__all__ = ["DEMO_MODELS", "UsageError", "check_device", "Images", "DemoJob", "PipelineJob", "DTYPES", "PIPELINES", "check_keys_and_policy"]
+__all__ = ["DEMO_MODELS", "DTYPES", "PIPELINES", "DemoJob", "Images", "PipelineJob", "check_device",
+           "check_keys_and_policy", "make_job", "parse_labels"]
 
 #: The demo models ``tiec generate`` samples (``tiec.demo.MODELS`` less the classifier).
 DEMO_MODELS = ("dit-digits", "unet-digits")
@@ -37,10 +38,6 @@ PIPELINES = {
     "IFPipeline": "prompt",
     "DiTPipeline": "class-labels",
 }
-
-
-class UsageError(TiecValueError):
-    """Bad command-line input: reported in one line with exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +103,8 @@ class DemoJob:
                  negative_prompt: Optional[str], steps: int, scheduler: Optional[str], policy: str,
                  guidance_scale: float, encoder_blocks: Optional[int], decoder_start: Optional[int],
                  parallel_decode: bool, seed: int, device: str, dtype: str, coordinate: str = "auto") -> None:
-        from .demo import load
-        from .demo.data import NUM_CLASSES
+        from ..demo import load
+        from ..demo.data import NUM_CLASSES
 
         _reject("--prompt", prompt, f"the class-conditional demo model {name!r}", "use --class-labels")
         _reject("--negative-prompt", negative_prompt, f"the demo model {name!r}", "drop it")
@@ -128,7 +125,7 @@ class DemoJob:
 
     @torch.no_grad()
     def __call__(self, keys: Any, indices: list[int], *, progress: bool) -> Images:
-        from .demo.sampling import sample_digits, to_unit
+        from ..demo.sampling import sample_digits, to_unit
 
         s = self.settings
         result = sample_digits(self.model, [self.labels[i] for i in indices], steps=s["steps"],

@@ -1,4 +1,5 @@
-"""Peer caching methods for the benchmark, run from their own packages on the demo models.
+"""Peer caching methods for the benchmark, run from their own packages on the demo models (their
+rows are picked in :func:`tiec.bench.grid.peer_methods`).
 
 - UNet: DeepCache (``DeepCache`` on PyPI), its ``DeepCacheSDHelper`` on a
   ``StableDiffusionPipeline`` built around the demo UNet (class tokens as prompt embeddings, the
@@ -18,33 +19,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .bench import GUIDANCE, Method
+from .grid import GUIDANCE, Method
 
-__all__ = ["peer_methods", "run_peer"]
-
-
-def peer_methods(model: str, steps: int, *, quick: bool = False) -> list[Method]:
-    """The peer rows for a demo model."""
-    if model == "unet-digits":
-        intervals = [3] if quick else [2, 3, 5]
-        return [Method(f"DeepCache, interval {k}, branch 0", "peer", steps, peer="deepcache",
-                       peer_options=(("cache_interval", k), ("cache_branch_id", 0))) for k in intervals]
-    rows = [Method("diffusers First Block Cache, threshold 0.1", "peer", steps, peer="first-block-cache",
-                   peer_options=(("threshold", 0.1),))]
-    if not quick:
-        rows.insert(0, Method("diffusers First Block Cache, threshold 0.05", "peer", steps, peer="first-block-cache",
-                              peer_options=(("threshold", 0.05),)))
-    intervals = [3] if quick else [2, 3, 5]
-    rows += [Method(f"diffusers TaylorSeer, interval {k}, order 1", "peer", steps, peer="taylorseer",
-                    peer_options=(("cache_interval", k), ("max_order", 1), ("disable_cache_before_step", 1),
-                                  ("cache_identifiers", (r"transformer_blocks\.\d+",))))
-             for k in intervals]
-    if not quick:
-        rows.append(Method("diffusers Pyramid Attention Broadcast, skip 2", "peer", steps,
-                           peer="pyramid-attention-broadcast",
-                           peer_options=(("spatial_attention_block_skip_range", 2),
-                                         ("spatial_attention_timestep_skip_range", (100, 800)))))
-    return rows
+__all__ = ["run_peer"]
 
 
 def _noise(runner: Any, seeds: Sequence[int]) -> torch.Tensor:
@@ -65,7 +42,7 @@ def _deepcache(runner: Any, method: Method, labels: Sequence[int], seeds: Sequen
     from DeepCache import DeepCacheSDHelper
     from diffusers import StableDiffusionPipeline
 
-    from .demo.sampling import to_unit
+    from ..demo.sampling import to_unit
 
     demo = runner.demo
     with warnings.catch_warnings():  # the pipeline would rewrite steps_offset; the scheduler is replaced below
@@ -127,8 +104,8 @@ class _FullModel:
 def _diffusers_hook(runner: Any, method: Method, labels: Sequence[int], seeds: Sequence[int]) -> tuple[torch.Tensor, Any, int]:
     from diffusers import hooks
 
-    from .demo.sampling import to_unit
-    from .loop import sample
+    from ..demo.sampling import to_unit
+    from ..loop import sample
 
     demo = runner.demo
     transformer = copy.deepcopy(demo.transformer)

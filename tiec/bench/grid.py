@@ -1,0 +1,159 @@
+"""Which rows ``tiec bench`` runs: the grid of :class:`Method` s for a demo model and sampler, the
+fewer-steps rows that match the cached rows' MACs, the peers' rows, and the ``--part`` cuts that
+split a grid into pieces.
+
+The grid: the reference (every step a key); the same sampler with fewer steps at the MACs of each
+cached run; FasterDiffusion's reuse (``hold``) and TIEC's ``linear``, ``polynomial(2)``,
+``lookahead`` and ``lookahead-accept`` on the FasterDiffusion preset and on uniform keys every 2, 3
+and 5 steps; prior noise injection; parallel decoding (wall time only); and peers from their own
+packages (run by :mod:`tiec.bench.peers`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from .._errors import TiecValueError
+
+__all__ = ["GUIDANCE", "PARTS", "SAMPLERS", "Method", "config_method", "fewer_steps", "method_grid", "part_filter",
+           "peer_methods"]
+
+#: ``--sampler`` name: (scheduler name, reference step count, FasterDiffusion preset).
+SAMPLERS = {"ddim": ("ddim", 50, "ddim-50"), "dpm": ("dpm", 20, "dpm-solver-20")}
+GUIDANCE = 2.0
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the benchmark."""
+
+    name: str
+    family: str  # reference | fewer-steps | fasterdiffusion | tiec | configured | peer
+    steps: int
+    keys: str = "all"
+    policy: str = "linear"
+    noise_injection: bool = False
+    parallel_decode: bool = False
+    peer: Optional[str] = None
+    peer_options: tuple[tuple[str, Any], ...] = ()
+    quality: bool = True  # False: a wall-time row (its images equal another row's)
+    coordinate: str = "auto"
+    depth: Optional[int] = None  # split depth: DiT encoder blocks / UNet decoder start (None: the default)
+
+
+def config_method(config: Any, steps: int, label: str) -> Method:
+    """A row for a :class:`tiec.TiecConfig` (``tiec bench --config``)."""
+    from ..config import load_config
+
+    loaded = load_config(config)
+    depth = loaded.encoder_blocks if loaded.encoder_blocks is not None else loaded.decoder_start
+    return Method(f"configured ({label}): keys {loaded.keys}, {loaded.policy}", "configured", steps, loaded.keys,
+                  loaded.policy, coordinate=loaded.coordinate, depth=depth)
+
+
+def method_grid(sampler: str, *, model: str, quick: bool = False) -> list[Method]:
+    """The methods of a run, before the fewer-steps rows (those need the cached runs' MACs)."""
+    _, steps, preset = SAMPLERS[sampler]
+    if quick:
+        steps = 10
+    key_sets = ["every:3"] if quick else [preset, "every:2", "every:3", "every:5"]
+    policies = ["linear", "lookahead"] if quick else ["linear", "polynomial(2)", "lookahead", "lookahead-accept"]
+    methods = [Method("reference (every step a key)", "reference", steps)]
+    for keys in key_sets:
+        methods.append(Method(f"FasterDiffusion hold, keys {keys}", "fasterdiffusion", steps, keys, "hold"))
+        methods += [Method(f"TIEC {policy}, keys {keys}", "tiec", steps, keys, policy) for policy in policies]
+    if not quick:
+        for policy in ("hold", "linear"):
+            family = "fasterdiffusion" if policy == "hold" else "tiec"
+            methods.append(Method(f"{'FasterDiffusion hold' if policy == 'hold' else 'TIEC linear'}, keys every:3, "
+                                  "noise injection", family, steps, "every:3", policy, noise_injection=True))
+    methods.append(Method("TIEC linear, keys every:3, parallel decoding", "tiec", steps, "every:3", "linear",
+                          parallel_decode=True, quality=False))
+    methods += peer_methods(model, steps, quick=quick)
+    return methods
+
+
+def fewer_steps(methods_macs: Sequence[tuple[Method, int]], reference_macs: int, steps: int) -> list[Method]:
+    """The same sampler with ``round(steps · macs / reference_macs)`` steps for each cached run's MACs."""
+    counts = sorted({max(1, round(steps * macs / reference_macs)) for method, macs in methods_macs
+                     if method.family in ("fasterdiffusion", "tiec", "configured", "peer") and method.quality})
+    return [Method(f"fewer steps: {n}", "fewer-steps", n) for n in counts if n < steps]
+
+
+def peer_methods(model: str, steps: int, *, quick: bool = False) -> list[Method]:
+    """The peer rows for a demo model."""
+    if model == "unet-digits":
+        intervals = [3] if quick else [2, 3, 5]
+        return [Method(f"DeepCache, interval {k}, branch 0", "peer", steps, peer="deepcache",
+                       peer_options=(("cache_interval", k), ("cache_branch_id", 0))) for k in intervals]
+    rows = [Method("diffusers First Block Cache, threshold 0.1", "peer", steps, peer="first-block-cache",
+                   peer_options=(("threshold", 0.1),))]
+    if not quick:
+        rows.insert(0, Method("diffusers First Block Cache, threshold 0.05", "peer", steps, peer="first-block-cache",
+                              peer_options=(("threshold", 0.05),)))
+    intervals = [3] if quick else [2, 3, 5]
+    rows += [Method(f"diffusers TaylorSeer, interval {k}, order 1", "peer", steps, peer="taylorseer",
+                    peer_options=(("cache_interval", k), ("max_order", 1), ("disable_cache_before_step", 1),
+                                  ("cache_identifiers", (r"transformer_blocks\.\d+",))))
+             for k in intervals]
+    if not quick:
+        rows.append(Method("diffusers Pyramid Attention Broadcast, skip 2", "peer", steps,
+                           peer="pyramid-attention-broadcast",
+                           peer_options=(("spatial_attention_block_skip_range", 2),
+                                         ("spatial_attention_timestep_skip_range", (100, 800)))))
+    return rows
+
+
+#: ``--part`` names and the families each runs (the reference row is in every part).
+PARTS = {"fasterdiffusion": "fasterdiffusion", "tiec": "tiec", "configured": "configured", "peers": "peer",
+         "fewer-steps": "fewer-steps"}
+
+
+def part_filter(part: str, grid: Sequence[Method]) -> Callable[[Method], bool]:
+    """Which rows a ``part`` runs: a name of :data:`PARTS` (a family), or a cut of a family too long
+    for one sitting: ``family/keys`` for its rows on one key set of the grid (``tiec/every:3``),
+    ``family/keys/policy`` for those of one policy (``tiec/every:3/lookahead``; the noise-injection and
+    parallel-decoding rows go with their policy), and ``fewer-steps/A-B`` (or ``/N``) for the
+    fewer-steps rows of ``A`` to ``B`` steps.
+
+    Examples:
+        >>> grid = method_grid("ddim", model="dit-digits")
+        >>> keep = part_filter("tiec/every:5", grid)
+        >>> [m.policy for m in grid if keep(m)]
+        ['linear', 'polynomial(2)', 'lookahead', 'lookahead-accept']
+        >>> keep = part_filter("tiec/every:3/linear", grid)
+        >>> [m.name for m in grid if keep(m)]  # doctest: +NORMALIZE_WHITESPACE
+        ['TIEC linear, keys every:3', 'TIEC linear, keys every:3, noise injection',
+         'TIEC linear, keys every:3, parallel decoding']
+        >>> keep = part_filter("fewer-steps/20-39", grid)
+        >>> [m.steps for m in fewer_steps([(grid[1], 500)], 1000, 50) if keep(m)]
+        [25]
+    """
+    name, _, cut = part.partition("/")
+    if name not in PARTS:
+        raise TiecValueError(f"part {part!r} is unknown; expected one of {sorted(PARTS)}, optionally with "
+                             "/<key set> (e.g. tiec/every:3) and /<policy> (tiec/every:3/linear), or "
+                             "fewer-steps/<steps> (e.g. fewer-steps/20-39)")
+    family = PARTS[name]
+    if family == "fewer-steps" and cut:
+        low, _, high = cut.partition("-")
+        high = high or low  # fewer-steps/N: N to N
+        if not (low.isdigit() and high.isdigit()) or int(low) > int(high):
+            raise TiecValueError(f"part {part!r}: cut the fewer-steps rows by step count, as fewer-steps/A-B "
+                                 f"(A <= B) or fewer-steps/N, e.g. fewer-steps/20-39; got {cut!r}")
+        steps = range(int(low), int(high) + 1)
+        return lambda method: method.family == family and method.steps in steps
+    keys, _, policy = cut.partition("/")
+    if keys or policy:  # a policy needs its key set: tiec//linear names the empty one
+        known = sorted({m.keys for m in grid if m.family == family})
+        if keys not in known:
+            raise TiecValueError(f"part {part!r}: the {name} rows of this grid have the key sets {known}, "
+                                 f"not {keys!r}")
+    if policy:
+        known = sorted({m.policy for m in grid if m.family == family and m.keys == keys})
+        if policy not in known:
+            raise TiecValueError(f"part {part!r}: the {name} rows on keys {keys} have the policies {known}, "
+                                 f"not {policy!r}")
+    return lambda method: (method.family == family and (not keys or method.keys == keys)
+                           and (not policy or method.policy == policy))

@@ -1,0 +1,90 @@
+"""The candidates ``tiec calibrate`` searches: a configuration (:class:`Candidate`), the Pareto
+front of MACs against PSNR, the schedules one edit away from a candidate's, and the comparisons
+the search reports.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
+
+from ..config import TiecConfig
+
+__all__ = ["Candidate", "best_uniform", "carried", "front_of", "neighbours", "pareto_front"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration: explicit key steps, policy, time coordinate, split depth."""
+
+    keys: tuple[int, ...]
+    policy: str
+    coordinate: str
+    depth: int
+
+    def config(self, steps: int, *, depth_option: str, **provenance: Any) -> TiecConfig:
+        """This candidate as a :class:`TiecConfig`; ``depth_option`` is ``encoder_blocks`` or ``decoder_start``."""
+        return TiecConfig(keys=",".join(map(str, self.keys)), policy=self.policy, coordinate=self.coordinate,
+                          steps=steps, provenance=dict(provenance), **{depth_option: self.depth})
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points ``(cost, score)`` that no other point beats: lower or equal cost and
+    higher score, or lower cost and equal score. Sorted by cost.
+
+    Examples:
+        >>> pareto_front([(1.0, 10.0), (2.0, 12.0), (2.0, 11.0), (3.0, 12.0), (0.5, 5.0)])
+        [4, 0, 1]
+    """
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def best_uniform(rows: Iterable[dict], macs: int) -> Optional[dict]:
+    """The validated uniform-grid row with the best held-out PSNR at ``macs`` or fewer."""
+    return max((r for r in rows if r.get("grids") and "held_out_psnr_db" in r and r["macs"] <= macs),
+               key=lambda r: r["held_out_psnr_db"], default=None)
+
+
+def carried(ranked: list[tuple], count: int) -> list[tuple]:
+    """The combinations stage 1 sends on: the ``count`` best ranked, and the best that does not
+    look ahead when all of those do. Ranks compare PSNR on the same key schedules, where lookahead
+    has paid for extra encoder passes; a plain blend with more keys can beat it at equal MACs.
+
+    Examples:
+        >>> carried([("lookahead", "t", 1), ("lookahead-accept", "t", 1), ("linear", "t", 1)], 2)
+        [('lookahead', 't', 1), ('lookahead-accept', 't', 1), ('linear', 't', 1)]
+        >>> carried([("linear", "t", 1), ("lookahead", "t", 1)], 1)
+        [('linear', 't', 1)]
+    """
+    kept = ranked[:count]
+    plain = next((combo for combo in ranked if not combo[0].startswith("lookahead")), None)
+    if plain is not None and all(policy.startswith("lookahead") for policy, *_ in kept):
+        kept.append(plain)
+    return kept
+
+
+def front_of(scores: dict[Candidate, dict]) -> list[Candidate]:
+    """The candidates on the Pareto front of MACs against calibration PSNR, cheapest first."""
+    candidates = list(scores)
+    return [candidates[i] for i in pareto_front([(scores[c]["macs"], scores[c]["psnr_db"]) for c in candidates])]
+
+
+def neighbours(keys: tuple[int, ...], steps: int) -> list[tuple[int, ...]]:
+    """Schedules one edit away: a key moved by 1 or 2 steps, a key removed (never step 0)."""
+    out = []
+    for i, k in enumerate(keys):
+        if k == 0:
+            continue
+        for delta in (-2, -1, 1, 2):
+            moved = k + delta
+            if 0 < moved < steps and moved not in keys:
+                out.append(tuple(sorted(keys[:i] + (moved,) + keys[i + 1:])))
+        out.append(keys[:i] + keys[i + 1:])
+    return list(dict.fromkeys(out))

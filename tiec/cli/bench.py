@@ -1,0 +1,98 @@
+"""``tiec bench``: options, pieces and summary; the grid itself is :mod:`tiec.bench`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .._errors import TiecError, UsageError
+from .._files import writable_folder
+from ..config import TiecConfig, load_config
+from ..generate import DEMO_MODELS
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(commands: Any) -> None:
+    """Add ``bench`` to the ``tiec`` subcommands."""
+    bench = commands.add_parser(
+        "bench", help="measure quality against compute, side by side with peers",
+        description="Run the benchmark grid on a demo model (or time a full-size architecture with --speed) and "
+                    "write <out>/<name>.json, .md and .png.")
+    bench.add_argument("--model", default="dit-digits", choices=list(DEMO_MODELS),
+                       help="demo model (default dit-digits)")
+    bench.add_argument("--sampler", default="ddim", choices=["ddim", "dpm"],
+                       help="ddim: DDIM 50 steps; dpm: DPM-Solver++ 20 steps (default ddim)")
+    bench.add_argument("--num-samples", type=int, default=1000, help="samples per method for the quality metrics")
+    bench.add_argument("--timing-batch", type=int, default=10, help="images per timed run (default 10)")
+    bench.add_argument("--repeats", type=int, default=5, help="timed runs per method (default 5)")
+    bench.add_argument("--batch-size", type=int, default=250, help="images sampled together (default 250)")
+    bench.add_argument("--part",
+                       help="run one family of rows (and the reference): fasterdiffusion, tiec, configured, peers "
+                            "or fewer-steps, or one key set of a family, e.g. tiec/every:3, or one policy on it, "
+                            "e.g. tiec/every:3/linear, or fewer-steps rows by step count, e.g. fewer-steps/20-39; "
+                            "the pieces in --out are joined into <model>-<sampler>.json/.md/.png after each piece")
+    bench.add_argument("--config", type=Path, action="append", default=[],
+                       help="add a row for this tiec configuration file (repeatable; --part configured runs only "
+                            "these rows)")
+    bench.add_argument("--speed", choices=["sd15-unet", "dit-xl-2"],
+                       help="instead: wall time per step of a full-size architecture with random weights")
+    bench.add_argument("--steps", type=int, default=10, help="--speed only: sampling steps per timed run (default 10)")
+    bench.add_argument("--quick", action="store_true",
+                       help="a small grid: 10 steps, 20 samples, 1 timed run of 4 images (minutes -> seconds)")
+    bench.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder (default bench-results)")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars, no summary")
+
+
+def _load_config(path: Path) -> TiecConfig:
+    try:
+        return load_config(path)
+    except TiecError as error:
+        raise UsageError(f"--config: {error}") from None
+
+
+def piece_stem(stem: str, part: str) -> str:
+    """The file name of one ``--part`` piece: only letters, digits and ``-`` from the part.
+
+    Examples:
+        >>> piece_stem("dit-digits-ddim", "tiec/every:3/polynomial(2)")
+        'dit-digits-ddim-part-tiec-every3-polynomial2'
+    """
+    return f"{stem}-part-{re.sub(r'[^A-Za-z0-9-]', '', part.replace('/', '-'))}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tiec bench`` with parsed options: one grid, one piece of it (joined with the pieces
+    already in ``--out``), or a speed run."""
+    from ..bench import bench_demo, bench_speed, combine, markdown_table, write_results
+
+    for name in ("num_samples", "timing_batch", "repeats", "batch_size", "steps"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    out = writable_folder(args.out)
+    command = "tiec " + " ".join(args.argv)
+    if args.speed:
+        results = bench_speed(args.speed, steps=args.steps if not args.quick else 2,
+                              repeats=args.repeats if not args.quick else 1, progress=not args.quiet)
+        stem = f"speed-{args.speed}" + ("-quick" if args.quick else "")
+    else:
+        if args.quick:
+            args.num_samples, args.timing_batch, args.repeats = 20, 4, 1
+        results = bench_demo(args.model, args.sampler, num_samples=args.num_samples, timing_batch=args.timing_batch,
+                             repeats=args.repeats, batch_size=args.batch_size, quick=args.quick,
+                             progress=not args.quiet, part=args.part, cache=out / ".cache" if args.part else None,
+                             configs=[(path.stem, _load_config(path)) for path in args.config])
+        stem = f"{args.model}-{args.sampler}" + ("-quick" if args.quick else "")
+    results["command"] = command
+    if getattr(args, "part", None):
+        write_results(results, out, piece_stem(stem, args.part))
+        pieces = [json.loads(path.read_text()) for path in sorted(out.glob(f"{stem}-part-*.json"))]
+        results = combine([p for p in pieces if p["num_samples"] == results["num_samples"]])
+    paths = write_results(results, out, stem)
+    if not args.quiet:
+        print(markdown_table(results))
+        print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
