@@ -19,18 +19,28 @@ def quick(tmp_path_factory):
 
 def test_quick_bench_writes_json_markdown_and_plot(quick):
     out, results = quick
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    json.loads((out / "dit-digits-ddim-quick.json").read_text(), parse_constant=refuse)  # jq reads it
     assert results["command"] == f"tiec bench --quick --quiet --out {out} --config {out / 'half-stack.json'}"
     assert (out / "dit-digits-ddim-quick.png").stat().st_size > 0
     table = (out / "dit-digits-ddim-quick.md").read_text()
     for row in results["rows"]:
         assert row["name"] in table
+    assert "| ∞ |" in table  # the reference's PSNR, read back from null and its flag
+    assert all(row["key_error"] is None or 0 <= row["key_error"] for row in results["rows"])
+    assert any(row["key_error"] for row in results["rows"] if row["family"] == "tiec")  # the quality monitor
 
 
 def test_quick_bench_rows_are_measured(quick):
     _, results = quick
     rows = {row["name"]: row for row in results["rows"]}
     reference = rows["reference (every step a key)"]
-    assert reference["psnr_db"] == float("inf") and reference["mac_ratio"] == 1.0 and reference["accuracy"] == 1.0
+    # strict JSON: an infinite PSNR is null with a flag (tiec._files.json_text)
+    assert reference["psnr_db"] is None and reference["psnr_db_is_infinite"] is True
+    assert reference["mac_ratio"] == 1.0 and reference["accuracy"] == 1.0
     assert not [row for row in results["rows"] if row["error"]]
     families = {row["family"] for row in results["rows"]}
     assert families == {"reference", "fasterdiffusion", "tiec", "configured", "peer", "fewer-steps"}
@@ -121,7 +131,7 @@ def test_a_grid_run_in_parts_is_joined_and_reuses_the_reference(tmp_path):
     assert set(families) == {"reference", "tiec", "peer"} and families.index("tiec") < families.index("peer")
     tiec_piece = json.loads((tmp_path / "dit-digits-ddim-quick-part-tiec.json").read_text())
     assert {row["family"] for row in tiec_piece["rows"]} == {"reference", "tiec"}
-    assert joined["rows"][0]["psnr_db"] == float("inf")
+    assert joined["rows"][0]["psnr_db"] is None and joined["rows"][0]["psnr_db_is_infinite"]
 
 
 def test_the_configured_part_runs_only_the_configuration_rows(tmp_path):

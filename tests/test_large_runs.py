@@ -56,6 +56,24 @@ def test_two_processes_make_the_same_bytes(single, tmp_path):
     assert (tmp_path / "samples.npz").read_bytes() == (single / "samples.npz").read_bytes()
 
 
+STOCHASTIC = ["--class-labels", "0,1,2,3", "--steps", "8", "--batch-size", "2", "--keys", "all", "--quiet",
+              "--no-count-macs"]
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "euler-a"])
+def test_a_stochastic_scheduler_makes_the_same_bytes_with_two_processes(tmp_path, scheduler):
+    """Each image's step noise comes from its own generator, so sharding cannot change it."""
+    argv = [*STOCHASTIC, "--scheduler", scheduler]
+    assert main(["generate", *argv, "--out", str(tmp_path / "one")]) == 0
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "tiec", "generate", *argv, "--out", str(tmp_path / "two")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "record.json").read_text())["processes"] == 2
+    assert images(tmp_path / "two") == images(tmp_path / "one") and len(images(tmp_path / "one")) == 4
+
+
 def test_the_cpu_launcher_runs_too(single, tmp_path):
     # accelerate's --cpu launcher starts one process unless MPI is set up (docs/large-runs.md); the
     # command must still work and give the same bytes.
@@ -68,8 +86,18 @@ def test_the_cpu_launcher_runs_too(single, tmp_path):
     assert images(tmp_path) == images(single)
 
 
-def test_an_interrupted_run_resumes_without_redoing_finished_images(single, tmp_path):
-    process = subprocess.Popen([sys.executable, "-m", "tiec", "generate", *ARGS, "--out", str(tmp_path)],
+@pytest.fixture(scope="module")
+def single_euler_a(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single-euler-a")
+    assert main(["generate", *ARGS, "--scheduler", "euler-a", "--keys", "all", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler-a"])
+def test_an_interrupted_run_resumes_without_redoing_finished_images(request, tmp_path, scheduler):
+    single = request.getfixturevalue("single" if scheduler == "ddim" else "single_euler_a")
+    argv = [*ARGS, *([] if scheduler == "ddim" else ["--scheduler", scheduler, "--keys", "all"])]
+    process = subprocess.Popen([sys.executable, "-m", "tiec", "generate", *argv, "--out", str(tmp_path)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and len(manifest_entries(tmp_path) if tmp_path.exists() else []) < 6:
@@ -80,7 +108,7 @@ def test_an_interrupted_run_resumes_without_redoing_finished_images(single, tmp_
     assert 6 <= len(finished) < 20
     before = {i: os.stat(tmp_path / entry["file"]) for i, entry in finished.items()}
 
-    assert main(["generate", *ARGS, "--out", str(tmp_path)]) == 0
+    assert main(["generate", *argv, "--out", str(tmp_path)]) == 0
     for i, stat in before.items():  # never rewritten: same inode, same modification time
         after = os.stat(tmp_path / finished[i]["file"])
         assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
@@ -110,7 +138,7 @@ def test_a_rerun_with_other_settings_is_refused(single, capsys):
         main(["generate", *ARGS, "--out", str(single), "--seed", "5"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "holds images made with other settings (seed); rerun with the same arguments" in err and "Traceback" not in err
+    assert "holds images made with other settings (--seed); rerun with the same arguments" in err and "Traceback" not in err
 
 
 def test_the_npz_export_has_the_adm_layout(single):

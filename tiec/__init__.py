@@ -7,14 +7,14 @@ imported lazily.
 """
 
 from ._errors import MissingDependencyError, TiecError, TiecNotImplementedError, TiecTypeError, TiecValueError
-from .blend import Features, weighted_sum
+from .blend import Features, relative_error, weighted_sum
 from .cache import EncoderCache
 from .cached_model import CachedModel
 from .config import TiecConfig, load_config
 from .coordinates import scheduler_log_sigmas
 from .flops import EncoderShare, count_flops, encoder_share
 from .guidance import ClassifierFreeGuidance
-from .loop import NoiseInjection, SampleResult, StepInfo, sample
+from .loop import KEY_ERROR_WARNING, NoiseInjection, SampleResult, StepInfo, sample
 from .policies import Hold, Linear, Lookahead, Policy, Polynomial, get_policy, lagrange_weights
 from .protocol import Split, decode_batch
 from .schedules import KeySchedule, every_step, explicit, get_schedule, preset, uniform
@@ -26,6 +26,7 @@ __all__ = [
     "ClassifierFreeGuidance",
     "EncoderCache",
     "EncoderShare",
+    "KEY_ERROR_WARNING",
     "Features",
     "Hold",
     "KeySchedule",
@@ -53,6 +54,7 @@ __all__ = [
     "lagrange_weights",
     "load_config",
     "preset",
+    "relative_error",
     "sample",
     "scheduler_log_sigmas",
     "uniform",

@@ -8,6 +8,8 @@ write that raises removes its ``.part`` file.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import secrets
 import tempfile
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any, Iterator, Union
 
 from ._errors import UsageError
 
-__all__ = ["atomic_path", "write_atomic", "save_figure", "writable_folder"]
+__all__ = ["atomic_path", "json_text", "write_atomic", "save_figure", "writable_folder"]
 
 
 @contextlib.contextmanager
@@ -72,3 +74,38 @@ def writable_folder(path: Path, option: str = "--out") -> Path:
         raise UsageError(f"{option} {str(path)!r} cannot be written ({error.strerror}); "
                          "choose a writable folder") from None
     return path
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if isinstance(item, float) and math.isinf(item):
+                out[key] = None
+                out[f"{key}_is_infinite"] = True  # e.g. the PSNR of identical images
+            else:
+                out[key] = _finite(item)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def json_text(data: Any) -> str:
+    """``data`` as strict JSON text (indented, newline-terminated) that jq and browsers read:
+    an infinite number ``x`` under key ``k`` is written as ``"k": null, "k_is_infinite": true``
+    (the PSNR of identical images), NaN as ``null``.
+
+    Examples:
+        >>> print(json_text({"psnr_db": float("inf"), "rows": [1.5]}), end="")
+        {
+          "psnr_db": null,
+          "psnr_db_is_infinite": true,
+          "rows": [
+            1.5
+          ]
+        }
+    """
+    return json.dumps(_finite(data), indent=2, allow_nan=False) + "\n"

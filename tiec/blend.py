@@ -14,7 +14,7 @@ import torch
 
 from ._errors import TiecTypeError, TiecValueError
 
-__all__ = ["Features", "check_features", "weighted_sum"]
+__all__ = ["Features", "check_features", "relative_error", "weighted_sum"]
 
 Features = tuple[torch.Tensor, ...]
 
@@ -85,3 +85,30 @@ def weighted_sum(stack: Sequence[Features], weights: Sequence[float]) -> Feature
             total.add_(feats[position].to(accumulation), alpha=w)
         result.append(total.to(reference.dtype))
     return tuple(result)
+
+
+def relative_error(predicted: Features, actual: Features) -> float:
+    """``‖predicted − actual‖ / ‖actual‖`` over all tensors of two feature tuples, in float64.
+
+    The quality monitor's measure: at a key step, the blend's prediction for that step against the
+    features the encoder really computed there (0 for a perfect prediction, 1 for predicting zeros).
+    ``inf`` when ``actual`` is all zeros and ``predicted`` is not.
+
+    Examples:
+        >>> relative_error((torch.tensor([3.0, 4.0]),), (torch.tensor([3.0, 4.0]),))
+        0.0
+        >>> relative_error((torch.tensor([3.0, 0.0]),), (torch.tensor([3.0, 4.0]),))
+        0.8
+    """
+    if len(predicted) != len(actual):
+        raise TiecValueError(f"feature tuples of {len(predicted)} and {len(actual)} tensors cannot be compared")
+    squared_error = squared_norm = 0.0
+    for p, a in zip(predicted, actual):
+        if p.shape != a.shape:
+            raise TiecValueError(f"feature tensors of shapes {tuple(p.shape)} and {tuple(a.shape)} cannot be compared")
+        a64 = a.detach().to(torch.float64)
+        squared_error += float((p.detach().to(device=a.device, dtype=torch.float64) - a64).pow(2).sum())
+        squared_norm += float(a64.pow(2).sum())
+    if squared_norm == 0.0:
+        return 0.0 if squared_error == 0.0 else float("inf")
+    return (squared_error / squared_norm) ** 0.5

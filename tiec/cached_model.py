@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 
 from ._errors import TiecTypeError, TiecValueError
-from .blend import Features
+from .blend import Features, relative_error
 from .cache import EncoderCache
 from .policies import Linear, Lookahead, PolicyLike, get_policy
 from .protocol import Split
@@ -141,6 +141,9 @@ class CachedModel:
     def new_trajectory(self) -> None:
         """Empty the cache and forget the last call; counters are kept."""
         self.cache.reset()
+        self.key_errors: dict[int, float] = {}
+        """The quality monitor of the current trajectory: at each key step after the first, the
+        relative error of the blend against the encoder's features (see :class:`tiec.SampleResult`)."""
         self._last_time: Optional[float] = None
         self._last_input: Optional[tuple[Any, ...]] = None
         self._distinct_seen = -1
@@ -245,6 +248,8 @@ class CachedModel:
         tau = self._tau(time, position)
         if is_key or len(self.cache) == 0:
             features: Features = self.split.encode(x, t, **cond)
+            if self._monitored() and len(self.cache) and self.cache.accepts(features):
+                self.key_errors[math.floor(position)] = relative_error(self.cache.get(tau), features)
             self._push(tau, features)
             self.encoder_calls += 1
         else:
@@ -258,6 +263,12 @@ class CachedModel:
         self._last_time = time
         self._last_input = signature
         return output
+
+    def _monitored(self) -> bool:
+        """Whether keys are sparse (with every step a key nothing is blended: nothing to monitor)."""
+        if self._times is not None:
+            return len(self._key_steps) < len(self._times)
+        return self.schedule.every != 1
 
     def _push(self, tau: float, features: Features) -> None:
         if not self.cache.accepts(features):

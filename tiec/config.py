@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ._errors import TiecTypeError, TiecValueError
-from ._files import write_atomic
+from ._files import json_text, write_atomic
 from .coordinates import COORDINATES
 from .policies import get_policy
 from .schedules import get_schedule
@@ -42,7 +42,10 @@ class TiecConfig:
         coordinate: the time coordinate (``"auto"``, ``"t"``, ``"log_sigma"``, ``"step"``).
         encoder_blocks: DiT split depth (blocks in the encoder); ``None``: the caller's default.
         decoder_start: UNet split depth (first up block the decoder runs); ``None``: the default.
-        steps: the step count the configuration was chosen for (informative; ``None``: any).
+        steps: the step count the configuration was chosen for (``None``: any); ``tiec generate``
+            refuses it at another step count.
+        scheduler: the sampler it was chosen for, a ``--scheduler`` name such as ``"ddim"`` or
+            ``"dpm"`` (``None``: not recorded); ``tiec generate`` refuses it with another.
         provenance: how it was made (command, scores); never read by tiec.
 
     Examples:
@@ -59,6 +62,7 @@ class TiecConfig:
     encoder_blocks: Optional[int] = None
     decoder_start: Optional[int] = None
     steps: Optional[int] = None
+    scheduler: Optional[str] = None
     provenance: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -74,6 +78,8 @@ class TiecConfig:
                 raise TiecValueError(f"{name} must be a non-negative int or null, got {value!r}")
         if self.steps is not None:
             get_schedule(self.keys).key_steps(self.steps)
+        if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler):
+            raise TiecValueError(f"scheduler must be a scheduler name such as 'ddim', or null; got {self.scheduler!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TiecConfig":
@@ -94,7 +100,7 @@ class TiecConfig:
     def save(self, path: Union[str, Path]) -> Path:
         """Write the configuration as JSON (to a temporary name, then renamed)."""
         path = Path(path)
-        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        write_atomic(path, json_text(self.to_dict()))
         return path
 
     def sample_options(self) -> dict[str, Any]:

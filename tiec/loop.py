@@ -9,7 +9,7 @@ nothing leaks between runs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 import torch
@@ -22,10 +22,15 @@ from .guidance import ClassifierFreeGuidance
 from .lookahead import model_input_scale, predict_latent
 from .policies import Linear, Lookahead, PolicyLike
 from .progress import progress_bar
+from .blend import relative_error
 from .protocol import Split, decode_batch
 from .schedules import KeysLike, get_schedule
 
-__all__ = ["sample", "SampleResult", "StepInfo", "NoiseInjection"]
+__all__ = ["KEY_ERROR_WARNING", "sample", "SampleResult", "StepInfo", "NoiseInjection"]
+
+#: The quality monitor's warning threshold: a mean relative error of the blend at key steps above
+#: this went with broken-down samples on the demo DiT (docs/choosing-keys.md, "Quality monitor").
+KEY_ERROR_WARNING = 0.2
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,9 @@ class StepInfo:
     """The (guided) model output the scheduler stepped with."""
     is_key: bool
     """Whether the encoder ran at this step."""
+    key_error: Optional[float] = None
+    """At a key step with keys before it: the quality monitor's relative error of the blend's
+    prediction for this step against the encoder's real features (see :class:`SampleResult`)."""
 
 
 @dataclass(frozen=True)
@@ -74,11 +82,21 @@ class SampleResult:
     decoder_calls: int
     coordinate: str
     num_steps: int
+    key_errors: Mapping[int, float] = field(default_factory=dict)
+    """The quality monitor: for each key step after the first whose encoder ran on the real
+    latent, ``‖blend − real‖ / ‖real‖`` of the features -- what the cache would have given at that
+    step, against what the encoder computed (free: the key's features are computed anyway)."""
 
     @property
     def key_fraction(self) -> float:
         """Fraction of the model evaluations that ran the encoder."""
         return len(self.key_steps) / self.num_steps
+
+    @property
+    def key_error(self) -> Optional[float]:
+        """The mean of :attr:`key_errors` (``None`` without any): above :data:`KEY_ERROR_WARNING`,
+        expect samples far from those of every step a key."""
+        return sum(self.key_errors.values()) / len(self.key_errors) if self.key_errors else None
 
 
 def _noise_injection(value: NoiseInjection | bool | None) -> Optional[NoiseInjection]:
@@ -123,7 +141,7 @@ def sample(
     step_kwargs: Optional[Mapping[str, Any]] = None,
     output_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     callback: Optional[Callable[[StepInfo], None]] = None,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> SampleResult:
     """Sample with a diffusers-style scheduler, running the encoder only at key steps.
 
@@ -164,7 +182,8 @@ def sample(
         output_fn: applied to the (guided) model output before the scheduler step, e.g.
             ``lambda out: out[:, :4]`` to drop a learned variance the scheduler does not use (DiT).
         callback: called with a :class:`StepInfo` after every scheduler step.
-        progress: show a progress bar (needs ``tqdm``).
+        progress: show a progress bar of the steps (needs ``tqdm``), labelled ``tiec`` or, when a
+            string, with that label.
 
     Returns:
         A :class:`SampleResult` with the final latent and the counts of encoder and decoder calls.
@@ -218,8 +237,13 @@ def sample(
     used_coordinate, taus = coordinate_values(coordinate, scheduler, timesteps)
 
     noise = latents
-    x = latents * scheduler.init_noise_sigma
+    # Flow-matching schedulers have neither: they start from the noise itself and take the latent
+    # as it is.
+    x = latents * getattr(scheduler, "init_noise_sigma", 1.0)
+    scale_model_input = getattr(scheduler, "scale_model_input", lambda sample, t: sample)
     encoder_calls = decoder_calls = 0
+    key_errors: dict[int, float] = {}
+    monitor = len(key_set) < num_steps  # with every step a key nothing is blended: nothing to monitor
 
     def advance(i: int, output: torch.Tensor) -> None:
         nonlocal x
@@ -230,9 +254,14 @@ def sample(
             x = x + injection.alpha * noise
         x = scheduler.step(output, t, x, **step_kwargs).prev_sample
         if callback is not None:
-            callback(StepInfo(i, t, x, output, i in key_set))
+            callback(StepInfo(i, t, x, output, i in key_set, key_errors.get(i)))
 
     lookahead = cache.policy if isinstance(cache.policy, Lookahead) else None
+    if lookahead is not None and not hasattr(scheduler, "init_noise_sigma"):
+        raise TiecValueError(
+            f"the lookahead policy's one-step jump assumes a VP or sigma schedule; {type(scheduler).__name__} "
+            "has no init_noise_sigma (a flow-matching scheduler?); use policy='linear'"
+        )
     sigmas = _lookahead_sigmas(scheduler, timesteps) if lookahead is not None else []
 
     def look_ahead(i: int, x_key: torch.Tensor, output: torch.Tensor) -> int:
@@ -245,16 +274,19 @@ def sample(
         cache.push(taus[target], split.encode(x_hat_in, timesteps[target], **cond))
         return 1
 
-    with progress_bar(total=num_steps, enabled=progress, desc="tiec") as bar:
+    label = progress if isinstance(progress, str) else "tiec"
+    with progress_bar(total=num_steps, enabled=bool(progress), desc=label) as bar:
         i = 0
         while i < num_steps:
             t = timesteps[i]
-            x_in = scheduler.scale_model_input(x, t)
+            x_in = scale_model_input(x, t)
             if i in key_set:
                 if lookahead is not None and lookahead.accept and cache.times[-1:] == (taus[i],):
                     features = cache.get(taus[i])  # the predicted key, stored when the last key ran
                 else:
                     features = split.encode(x_in, t, **cond)
+                    if monitor and len(cache) and cache.accepts(features):  # what the blend would give
+                        key_errors[i] = relative_error(cache.get(taus[i]), features)
                     cache.push(taus[i], features)
                     encoder_calls += 1
                 output = split.decode(features, t, **cond)
@@ -276,8 +308,8 @@ def sample(
             decoder_calls += 1
             for j, output in zip(segment, outputs):
                 if j != i:  # keep the scheduler's own bookkeeping identical to the plain loop
-                    scheduler.scale_model_input(x, timesteps[j])
+                    scale_model_input(x, timesteps[j])
                 advance(j, output)
                 bar.update(1)
             i = end
-    return SampleResult(x, key_steps, encoder_calls, decoder_calls, used_coordinate, num_steps)
+    return SampleResult(x, key_steps, encoder_calls, decoder_calls, used_coordinate, num_steps, key_errors)

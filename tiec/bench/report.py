@@ -4,7 +4,6 @@ joined into one result; the machine a run was measured on.
 
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,7 +11,7 @@ from typing import Any, Sequence
 import torch
 
 from .._errors import TiecValueError
-from .._files import save_figure, write_atomic
+from .._files import json_text, save_figure, write_atomic
 from .grid import PARTS
 
 __all__ = ["combine", "machine", "markdown_table", "plot", "write_results"]
@@ -50,11 +49,11 @@ def combine(pieces: Sequence[dict]) -> dict:
             "seconds": round(sum(p["seconds"] for p in pieces), 1), "rows": rows}
 
 
-def _fmt(value: Any, spec: str) -> str:
+def _fmt(value: Any, spec: str, infinite: bool = False) -> str:
+    if infinite or (isinstance(value, float) and value == float("inf")):
+        return "∞"  # JSON holds null and a `..._is_infinite` flag (tiec._files.json_text)
     if value is None:
         return "–"
-    if isinstance(value, float) and value == float("inf"):
-        return "∞"
     return format(value, spec)
 
 
@@ -88,7 +87,7 @@ def markdown_table(results: dict) -> str:
         lines.append(
             f"| {row['name']} | {_fmt(row['macs_per_image'] / 1e6 if row['macs_per_image'] else None, '.1f')} M "
             f"| {_fmt(row.get('mac_ratio'), '.3f')} | {_fmt(row['encoder_calls'], 'd')}/{row['decoder_calls']} | {wall} "
-            f"| {_fmt(row['psnr_db'], '.2f')} | {_fmt(row['ssim'], '.4f')} | {_fmt(row['max_abs_error'], '.3f')} "
+            f"| {_fmt(row['psnr_db'], '.2f', row.get('psnr_db_is_infinite', False))} | {_fmt(row['ssim'], '.4f')} | {_fmt(row['max_abs_error'], '.3f')} "
             f"| {_fmt(row['frechet_distance'], '.3f')} | {_fmt(row['accuracy'], '.3f')} |")
     return "\n".join(lines) + "\n"
 
@@ -146,7 +145,7 @@ def write_results(results: dict, out: Path, stem: str) -> list[Path]:
     """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"]
-    for path, text in ((paths[0], json.dumps(results, indent=2) + "\n"), (paths[1], markdown_table(results))):
+    for path, text in ((paths[0], json_text(results)), (paths[1], markdown_table(results))):
         write_atomic(path, text)
     plot(results, paths[2])
     return paths

@@ -46,6 +46,7 @@ class _Row:
     max_abs_error: Optional[float] = None
     frechet_distance: Optional[float] = None
     accuracy: Optional[float] = None
+    key_error: Optional[float] = None  # the quality monitor's mean over the quality samples' key steps
     error: Optional[str] = None
 
     def as_dict(self, reference_macs: Optional[int]) -> dict:
@@ -76,19 +77,21 @@ class DemoRunner:
         self.device = device
 
     @torch.no_grad()
-    def sample(self, method: Method, labels: Sequence[int], seeds: Sequence[int]) -> tuple[torch.Tensor, int, int]:
-        """Images in [0, 1] and the encoder and decoder calls."""
+    def sample(self, method: Method, labels: Sequence[int],
+               seeds: Sequence[int]) -> tuple[torch.Tensor, Optional[int], int, list[float]]:
+        """Images in [0, 1], the encoder and decoder calls, and the quality monitor's errors at the
+        key steps (:attr:`tiec.SampleResult.key_errors`; none for a peer)."""
         from ..demo.sampling import sample_digits, to_unit
 
         if method.peer is not None:
             from .peers import run_peer
 
-            return run_peer(self, method, labels, seeds)
+            return (*run_peer(self, method, labels, seeds), [])
         result = sample_digits(self.demo, labels, steps=method.steps, scheduler=self.scheduler_name,
                                keys=method.keys, policy=method.policy, guidance_scale=GUIDANCE, seeds=seeds,
                                parallel_decode=method.parallel_decode, noise_injection=method.noise_injection,
                                coordinate=method.coordinate, encoder_blocks=method.depth)
-        return to_unit(result.sample).cpu(), result.encoder_calls, result.decoder_calls
+        return to_unit(result.sample).cpu(), result.encoder_calls, result.decoder_calls, list(result.key_errors.values())
 
     @torch.no_grad()
     def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,7 +188,7 @@ def _reference_samples(runner: DemoRunner, method: Method, labels: Sequence[int]
             with safe_open(str(path), framework="pt") as stored:
                 if stored.metadata() == meta:
                     return load_file(str(path))["images"]
-    images = _samples(runner, method, labels, seeds, batch_size, progress=progress, desc="reference")
+    images, _ = _samples(runner, method, labels, seeds, batch_size, progress=progress, desc="reference")
     if path is not None:
         with atomic_path(path) as tmp:
             save_file({"images": images.contiguous()}, str(tmp), metadata=meta)
@@ -200,7 +203,7 @@ def _error_text(error: Exception) -> str:
 
 def _count(runner: DemoRunner, row: _Row, labels: Sequence[int], seeds: Sequence[int]) -> None:
     try:
-        flops, (_, enc, dec) = count_flops(runner.sample, row.method, labels[:2], seeds[:2])
+        flops, (_, enc, dec, _) = count_flops(runner.sample, row.method, labels[:2], seeds[:2])
     except Exception as error:  # a peer that cannot run: its row says why
         row.error = _error_text(error)
         return
@@ -208,13 +211,16 @@ def _count(runner: DemoRunner, row: _Row, labels: Sequence[int], seeds: Sequence
 
 
 def _samples(runner: DemoRunner, method: Method, labels: Sequence[int], seeds: Sequence[int],
-             batch_size: int, *, progress: bool = False, desc: str = "samples") -> torch.Tensor:
-    parts = []
+             batch_size: int, *, progress: bool = False, desc: str = "samples") -> tuple[torch.Tensor, list[float]]:
+    """The images of ``method`` in batches, and the quality monitor's errors of every batch."""
+    parts, errors = [], []
     with progress_bar(total=len(labels), enabled=progress, desc=desc) as bar:
         for i in range(0, len(labels), batch_size):
-            parts.append(runner.sample(method, labels[i:i + batch_size], seeds[i:i + batch_size])[0])
-            bar.update(len(parts[-1]))
-    return torch.cat(parts)
+            images, _, _, batch_errors = runner.sample(method, labels[i:i + batch_size], seeds[i:i + batch_size])
+            parts.append(images)
+            errors += batch_errors
+            bar.update(len(images))
+    return torch.cat(parts), errors
 
 
 def _measure(runner: DemoRunner, row: _Row, labels: Sequence[int], seeds: Sequence[int],
@@ -234,8 +240,9 @@ def _measure(runner: DemoRunner, row: _Row, labels: Sequence[int], seeds: Sequen
         if reference is not None:
             images, features, predicted = reference
         else:
-            images = _samples(runner, method, labels, seeds, batch_size)
+            images, errors = _samples(runner, method, labels, seeds, batch_size)
             features, predicted = runner.classify(images)
+            row.key_error = sum(errors) / len(errors) if errors else None
     except Exception as error:
         row.error = _error_text(error)
         return

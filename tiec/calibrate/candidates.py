@@ -11,7 +11,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from ..config import TiecConfig
 
-__all__ = ["Candidate", "best_uniform", "carried", "front_of", "neighbours", "pareto_front"]
+__all__ = ["Candidate", "best_uniform", "carried", "decibels", "front_of", "neighbours", "pareto_front"]
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,14 @@ class Candidate:
     coordinate: str
     depth: int
 
-    def config(self, steps: int, *, depth_option: str, **provenance: Any) -> TiecConfig:
-        """This candidate as a :class:`TiecConfig`; ``depth_option`` is ``encoder_blocks`` or ``decoder_start``."""
+    def config(self, steps: int, *, depth_option: str, scheduler: Optional[str] = None,
+               **provenance: Any) -> TiecConfig:
+        """This candidate as a :class:`TiecConfig` for ``steps`` steps of ``scheduler`` (a
+        ``--scheduler`` name; ``None``: a pipeline's own); ``depth_option`` is ``encoder_blocks`` or
+        ``decoder_start``."""
         return TiecConfig(keys=",".join(map(str, self.keys)), policy=self.policy, coordinate=self.coordinate,
-                          steps=steps, provenance=dict(provenance), **{depth_option: self.depth})
+                          steps=steps, scheduler=scheduler, provenance=dict(provenance),
+                          **{depth_option: self.depth})
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -46,10 +50,15 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+def decibels(row: dict, key: str) -> float:
+    """A PSNR from a result row: ``inf`` where the JSON holds null with ``<key>_is_infinite``."""
+    return math.inf if row.get(f"{key}_is_infinite") else row[key]
+
+
 def best_uniform(rows: Iterable[dict], macs: int) -> Optional[dict]:
     """The validated uniform-grid row with the best held-out PSNR at ``macs`` or fewer."""
     return max((r for r in rows if r.get("grids") and "held_out_psnr_db" in r and r["macs"] <= macs),
-               key=lambda r: r["held_out_psnr_db"], default=None)
+               key=lambda r: decibels(r, "held_out_psnr_db"), default=None)
 
 
 def carried(ranked: list[tuple], count: int) -> list[tuple]:

@@ -4,11 +4,10 @@ a plot, and the recommended configuration file.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
-from .._files import save_figure, write_atomic
+from .._files import json_text, save_figure, write_atomic
 from ..config import TiecConfig
 
 __all__ = ["markdown_table", "write_calibration"]
@@ -54,7 +53,7 @@ def write_calibration(results: dict, out: Path) -> list[Path]:
     stem = results["name"] + ("-quick" if results["quick"] else "")
     paths = [out / f"{stem}-calibration.json", out / f"{stem}-calibration.png", out / f"{stem}-config.json",
              out / f"{stem}-calibration.md"]
-    write_atomic(paths[0], json.dumps(results, indent=2) + "\n")
+    write_atomic(paths[0], json_text(results))
     write_atomic(paths[3], markdown_table(results))
     TiecConfig.from_dict(results["config"]).save(paths[2])
 

@@ -33,7 +33,7 @@ from .._errors import TiecValueError
 from ..bench.metrics import psnr
 from ..progress import progress_bar
 from ..schedules import uniform
-from .candidates import Candidate, best_uniform, carried, front_of, neighbours
+from .candidates import Candidate, best_uniform, carried, decibels, front_of, neighbours
 from .evaluators import GUIDANCE, DemoEvaluator, PipelineEvaluator
 
 __all__ = ["calibrate", "default_steps", "recommend"]
@@ -229,12 +229,13 @@ def recommend(results: dict, budget: float) -> dict:
         raise TiecValueError(f"budget must be a MAC ratio in (0, 1], got {budget}")
     front = [r for r in results["candidates"] if r["front"]]
     within = [r for r in front if r["mac_ratio"] <= budget]
-    pick = max(within, key=lambda r: r["psnr_db"]) if within else min(front, key=lambda r: r["macs"])
+    pick = max(within, key=lambda r: decibels(r, "psnr_db")) if within else min(front, key=lambda r: r["macs"])
     best = best_uniform(results["candidates"], pick["macs"])
     depth_option = results.get("depth_option") or next(
         k for k in ("encoder_blocks", "decoder_start") if results["config"].get(k) is not None)
     chosen = Candidate(tuple(pick["keys"]), pick["policy"], pick["coordinate"], pick["depth"])
-    config = chosen.config(results["steps"], depth_option=depth_option, mac_ratio=pick["mac_ratio"],
+    config = chosen.config(results["steps"], depth_option=depth_option, scheduler=results.get("sampler"),
+                           mac_ratio=pick["mac_ratio"],
                            calibration_psnr_db=pick["psnr_db"], held_out_psnr_db=pick.get("held_out_psnr_db"))
     return {**results, "budget": budget, "recommended": pick, "best_uniform_within_budget": best,
             "config": config.to_dict()}

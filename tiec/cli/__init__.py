@@ -2,8 +2,8 @@
 application (:mod:`tiec.generate`, :mod:`tiec.bench`, :mod:`tiec.calibrate`).
 
 ``tiec generate`` is the default command. Bad input prints one line naming the option and the fix
-and exits with code 2; nothing half-written is left behind (files are written to a temporary name
-and renamed).
+and exits with code 2; Ctrl-C (exit 130) and a failed write such as a full disk (exit 1) end in one
+line too. Nothing half-written is left behind (files are written to a temporary name and renamed).
 """
 
 from __future__ import annotations
@@ -41,6 +41,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return COMMANDS[args.command].run(args)
     except TiecError as error:
         parser.exit(2, f"tiec: error: {error}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "tiec: interrupted; what was finished is kept (rerun the same command to resume)\n")
+    except OSError as error:
+        if error.errno is None:  # not the operating system's word on a file: a bug, keep its traceback
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        parser.exit(1, f"tiec: error: {error.strerror or error}{where}; what was finished is kept: fix that and "
+                       "rerun the same command to resume\n")
 
 
 if __name__ == "__main__":

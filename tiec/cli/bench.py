@@ -12,6 +12,7 @@ from .._errors import TiecError, UsageError
 from .._files import writable_folder
 from ..config import TiecConfig, load_config
 from ..generate import DEMO_MODELS
+from ._options import folder
 
 __all__ = ["add_parser", "run"]
 
@@ -26,7 +27,8 @@ def add_parser(commands: Any) -> None:
                        help="demo model (default dit-digits)")
     bench.add_argument("--sampler", default="ddim", choices=["ddim", "dpm"],
                        help="ddim: DDIM 50 steps; dpm: DPM-Solver++ 20 steps (default ddim)")
-    bench.add_argument("--num-samples", type=int, default=1000, help="samples per method for the quality metrics")
+    bench.add_argument("--num-samples", type=int,
+                       help="samples per method for the quality metrics (default 1000; --study: 64)")
     bench.add_argument("--timing-batch", type=int, default=10, help="images per timed run (default 10)")
     bench.add_argument("--repeats", type=int, default=5, help="timed runs per method (default 5)")
     bench.add_argument("--batch-size", type=int, default=250, help="images sampled together (default 250)")
@@ -41,9 +43,15 @@ def add_parser(commands: Any) -> None:
     bench.add_argument("--speed", choices=["sd15-unet", "dit-xl-2"],
                        help="instead: wall time per step of a full-size architecture with random weights")
     bench.add_argument("--steps", type=int, default=10, help="--speed only: sampling steps per timed run (default 10)")
+    bench.add_argument("--study", choices=["stochastic", "monitor"],
+                       help="instead, a measurement on the demo model, written to <out>/<model>-<study>.json and .md: "
+                            "stochastic: caching with euler-a and ddpm (50 steps), keys every 2, 3 and 5 with each "
+                            "policy, against every step a key (tiec generate reads it beside the demo weights); "
+                            "monitor: the quality monitor's key error against PSNR over DDIM 50 and DPM-Solver++ 20 "
+                            "runs, with their rank correlation")
     bench.add_argument("--quick", action="store_true",
                        help="a small grid: 10 steps, 20 samples, 1 timed run of 4 images (minutes -> seconds)")
-    bench.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder (default bench-results)")
+    bench.add_argument("--out", default=Path("bench-results"), help="output folder (default bench-results)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars, no summary")
 
 
@@ -70,10 +78,25 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import bench_demo, bench_speed, combine, markdown_table, write_results
 
     for name in ("num_samples", "timing_batch", "repeats", "batch_size", "steps"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    out = writable_folder(args.out)
+    if args.study and (args.speed or args.part or args.config):
+        raise UsageError(f"--study {args.study} is a run of its own; drop --speed, --part and --config")
+    out = writable_folder(folder(args.out))
     command = "tiec " + " ".join(args.argv)
+    if args.study:
+        from ..bench.studies import STUDIES, markdown_table as study_table, write_study
+
+        quick = dict(steps=10, keys=("every:3",), policies=("hold", "linear")) if args.quick else {}
+        results = STUDIES[args.study](args.model, num_samples=args.num_samples or (8 if args.quick else 64),
+                                      progress=not args.quiet, **quick)
+        results["command"] = command
+        paths = write_study(results, out)
+        if not args.quiet:
+            print(study_table(results))
+            print("wrote " + ", ".join(str(p) for p in paths))
+        return 0
+    args.num_samples = args.num_samples or 1000
     if args.speed:
         results = bench_speed(args.speed, steps=args.steps if not args.quick else 2,
                               repeats=args.repeats if not args.quick else 1, progress=not args.quiet)

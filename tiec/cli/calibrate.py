@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from .._errors import UsageError
 from .._files import writable_folder
 from ..generate import DEMO_MODELS, DTYPES
 from ..generate.jobs import check_device
+from ._options import finite, folder
 
 __all__ = ["add_parser", "run"]
 
@@ -51,7 +53,7 @@ def add_parser(commands: Any) -> None:
     search.add_argument("--from-results", type=Path, metavar="JSON",
                         help="no search: pick again within --budget from a finished search's "
                              "<name>-calibration.json and write its files to --out")
-    calibrate.add_argument("--out", type=Path, default=Path("calibration"), help="output folder")
+    calibrate.add_argument("--out", default=Path("calibration"), help="output folder")
     calibrate.add_argument("--quiet", action="store_true")
 
 
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``tiec calibrate`` with parsed options: a search, or a new pick from a finished one."""
     from ..calibrate import calibrate, recommend, write_calibration
 
-    if not 0 < args.budget <= 1:
+    if not (math.isfinite(args.budget) and 0 < args.budget <= 1):
         raise UsageError(f"--budget {args.budget} is not a MAC ratio in (0, 1], e.g. 0.4")
     if args.from_results is not None:
         try:
@@ -92,11 +94,12 @@ def run(args: argparse.Namespace) -> int:
                              f"({type(error).__name__}: {error})") from None
         results["picked_by"] = "tiec " + " ".join(args.argv)
         results["config"]["provenance"].update(command=results["command"], picked_by=results["picked_by"])
-        _report(results, write_calibration(results, writable_folder(args.out)), args)
+        _report(results, write_calibration(results, writable_folder(folder(args.out))), args)
         return 0
 
     _check(args)
-    out = writable_folder(args.out)
+    finite(args.guidance_scale, "--guidance-scale")
+    out = writable_folder(folder(args.out))
     results = calibrate(args.model, args.sampler, steps=args.steps, calibration=args.calibration,
                         held_out=args.held_out, budget=args.budget, time_budget=args.time_budget, quick=args.quick,
                         progress=not args.quiet, prompts=args.prompt, negative_prompt=args.negative_prompt,

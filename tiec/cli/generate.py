@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .._errors import UsageError
-from ..generate import DEMO_DEFAULTS, DEMO_MODELS, DTYPES, GenerateOptions, generate, write_record
+from ..generate import DEMO_DEFAULTS, DEMO_MODELS, DTYPES, GenerateOptions, generate
+from ..loop import KEY_ERROR_WARNING
+from ._options import finite, folder
 
 __all__ = ["add_parser", "run"]
 
@@ -42,9 +44,11 @@ def add_parser(commands: Any) -> None:
                               "--encoder-blocks, --decoder-start: the calibrated configuration shipped for its "
                               "sampler and step count, when there is one)")
     sampler.add_argument("--keys", help="key steps: 'every:N', a preset name, 'all' or a list like 0,1,5 "
-                                        f"(default {DEMO_DEFAULTS['keys']})")
+                                        "(default: on a demo model, the calibrated configuration shipped for its "
+                                        f"sampler and step count; otherwise {DEMO_DEFAULTS['keys']})")
     sampler.add_argument("--policy", help="hold, linear, polynomial(k), lookahead or lookahead-accept "
-                                          f"(default {DEMO_DEFAULTS['policy']})")
+                                          "(default: the calibrated configuration's, as for --keys; otherwise "
+                                          f"{DEMO_DEFAULTS['policy']})")
     sampler.add_argument("--encoder-blocks", type=int,
                          help="DiT only: transformer blocks in the encoder (default: demo all, pipelines half)")
     sampler.add_argument("--decoder-start", type=int, help="UNet only: first up block the decoder runs (default 0)")
@@ -54,7 +58,7 @@ def add_parser(commands: Any) -> None:
                          help=f"classifier-free guidance (default: demo {DEMO_DEFAULTS['guidance_scale']}, "
                               "the pipeline's own otherwise)")
     output = parser.add_argument_group("output")
-    output.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default outputs)")
+    output.add_argument("--out", default=Path("outputs"), help="output folder (default outputs)")
     output.add_argument("--batch-size", type=int,
                         help="images sampled together (default: 250 for demo models, 4 for pipelines); "
                              "part of the settings, since batching can change the last bits of an image")
@@ -68,39 +72,52 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tiec generate`` with parsed options; the main process prints the summary."""
-    for name in ("num_images", "steps", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    options = GenerateOptions(**{f.name: getattr(args, f.name) for f in fields(GenerateOptions)})
+    start = time.perf_counter()
+    given = {f.name: getattr(args, f.name) for f in fields(GenerateOptions)}
+    options = GenerateOptions(**{**given, "out": folder(args.out),
+                                 "guidance_scale": finite(args.guidance_scale, "--guidance-scale")})
     record = generate(options)
-    if record is None:  # a process other than the main one
-        return 0
-    write_record(options.out, record)
-    if not options.quiet:
-        print(summary(record, options.out))
+    if record is not None and not options.quiet:  # None: a process other than the main one
+        print(summary(record, options.out, time.perf_counter() - start))
     return 0
 
 
-def summary(record: dict, out: Path) -> str:
-    """The lines ``tiec generate`` prints after a run."""
-    line = f"{record['images_generated']} images made in {record['seconds']:.2f} s"
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def summary(record: dict, out: Path, seconds: float) -> str:
+    """The lines ``tiec generate`` prints after a run that took ``seconds`` in all."""
+    images = _count(record["num_images"], "image")
+    caching = f"keys {record['keys']} (steps {','.join(map(str, record['key_steps']))}), {record['policy']}, " \
+              f"coordinate {record['coordinate']}" + (f", from {record['config']}" if record["config"] else "")
+    if record.get("already_done"):
+        return "\n".join([f"nothing to do: the {images} in {out} were made by an earlier run of this command "
+                          "(its record.json is kept)", caching])
+    line = f"{_count(record['images_generated'], 'image')} made in {seconds:.1f} s (sampling {record['seconds']:.2f} s)"
     if record["images_skipped"]:
-        line += f" ({record['images_skipped']} already done)"
-    line += f", {record['encoder_calls']} encoder / {record['decoder_calls']} decoder calls"
+        line += f", {record['images_skipped']} already done"
+    if record["encoder_calls"] is not None:
+        line += f"; {record['encoder_calls']} encoder / {record['decoder_calls']} decoder calls"
     if record["macs"]:
         line += f", {record['macs'] / 1e9:.3g} GMACs"
+    lines = [line]
     if "compare" in record:
         c = record["compare"]
-        line += f"; every step a key took {c['seconds']:.2f} s"
+        psnr = "∞ (identical)" if c["psnr_db"] is None else f"{c['psnr_db']}"
+        text = f"every step a key took {c['seconds']:.2f} s"
         if c["speedup"] is not None:
-            line += f": speed-up {c['speedup']:.2f}x"
-        line += f", PSNR {c['psnr_db']} dB"
+            text += f": speed-up {c['speedup']:.2f}x"
+        text += f", PSNR {psnr} dB"
         if c["mac_ratio"] is not None:
-            line += f", {c['mac_ratio']:.2f} of the MACs"
-    lines = [line]
-    if record["config"]:
-        lines.append(f"keys {record['keys']}, {record['policy']}, from {record['config']}")
-    lines.append(f"wrote {out / 'grid.png'}, {record['num_images']} images in {out / 'images'}, "
-                 f"{out / 'index.json'} and {out / 'record.json'}")
+            text += f", {c['mac_ratio']:.2f} of the MACs"
+        lines.append(text)
+    lines.append(caching)
+    error = record.get("key_error")
+    if error is not None and error > KEY_ERROR_WARNING:
+        lines.append(f"warning: the blend missed the encoder's features by {error:.0%} on average at the key steps "
+                     f"(above {KEY_ERROR_WARNING:.0%}: expect images far from every step a key); use more keys or "
+                     "another --policy, and check with --compare")
+    lines.append(f"wrote {out / 'grid.png'}, {images} in {out / 'images'}, {out / 'index.json'} and "
+                 f"{out / 'record.json'}")
     return "\n".join(lines)

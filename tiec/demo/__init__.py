@@ -21,7 +21,8 @@ import torch
 from .._errors import TiecValueError
 from .data import NUM_CLASSES, RESOLUTION
 
-__all__ = ["DemoDiT", "DemoUNet", "ClassTokenSplit", "load", "calibrated_config", "MODELS", "WEIGHTS"]
+__all__ = ["DemoDiT", "DemoUNet", "ClassTokenSplit", "load", "calibrated_config", "stochastic_result", "MODELS",
+           "WEIGHTS"]
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 MODELS = ("dit-digits", "unet-digits", "digits-classifier")
@@ -111,6 +112,24 @@ def calibrated_config(name: str, scheduler: str = "ddim", steps: int = 50) -> Op
     from ..config import load_config
 
     return path if load_config(path).steps == steps else None
+
+
+def stochastic_result(name: str, scheduler: str) -> list[dict]:
+    """What ``tiec bench --study stochastic`` measured for a demo model with a stochastic scheduler
+    (``weights/<name>/<name>-stochastic.json``): one row per step count, key set and policy, with
+    the PSNR to every step a key; ``[]`` when nothing was measured.
+
+    Examples:
+        >>> stochastic_result("dit-digits", "ddim")  # a deterministic scheduler: nothing to measure
+        []
+    """
+    import json
+
+    try:
+        rows = json.loads((WEIGHTS / name / f"{name}-stochastic.json").read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [row for row in rows if row.get("scheduler") == scheduler]
 
 
 def _require_weights(name: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional, Sequence
 
 import torch
@@ -21,6 +22,10 @@ def sample_digits(demo: Any, labels: Sequence[int], *, steps: int = 50, schedule
     """Sample one image per label from a demo model; the noise of image ``i`` comes from ``seed + i``,
     or from ``seeds[i]`` when given.
 
+    Each image has a generator of its own, seeded with its seed: it draws the starting noise, then
+    the step noise of a stochastic scheduler (DDPM, Euler ancestral), so an image does not depend
+    on the batch it is sampled in, and two runs give the same images.
+
     ``encoder_blocks`` is the split depth: DiT blocks in the encoder, or the UNet's first decoder
     up block (``None``: the model's default).
 
@@ -32,12 +37,15 @@ def sample_digits(demo: Any, labels: Sequence[int], *, steps: int = 50, schedule
     seeds = [seed + i for i in range(len(labels_t))] if seeds is None else list(seeds)
     if len(seeds) != len(labels_t):
         raise TiecValueError(f"seeds must hold one seed per label ({len(labels_t)}), got {len(seeds)}")
-    noise = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(s))
-                       for s in seeds]).to(weight.device, weight.dtype)
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    noise = torch.cat([torch.randn(shape, generator=g) for g in generators]).to(weight.device, weight.dtype)
     labels_t = labels_t.to(weight.device)
     guided = guidance_scale != 1.0
+    scheduler_ = demo.scheduler(scheduler)
+    stochastic = "generator" in inspect.signature(scheduler_.step).parameters
     return sample(
-        demo.split(encoder_blocks), demo.scheduler(scheduler), noise, num_inference_steps=steps, keys=keys,
+        demo.split(encoder_blocks), scheduler_, noise, num_inference_steps=steps, keys=keys,
+        step_kwargs={"generator": generators} if stochastic else None,
         policy=policy, coordinate=coordinate, cond={"class_labels": labels_t},
         guidance=guidance_scale if guided else None,
         uncond={"class_labels": torch.tensor([demo.null_label], device=weight.device)} if guided else None,

@@ -13,9 +13,9 @@ from __future__ import annotations
 import inspect
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -48,6 +48,8 @@ class Images:
     key_steps: tuple[int, ...]
     encoder_calls: int
     decoder_calls: int
+    key_errors: dict[int, float] = field(default_factory=dict)
+    """The quality monitor (:attr:`tiec.SampleResult.key_errors`), where the sampler reports it."""
 
 
 def check_keys_and_policy(keys: str, policy: str, steps: int) -> None:
@@ -96,6 +98,42 @@ def _reject(option: str, value: Any, target: str, hint: str) -> None:
         raise UsageError(f"{option} does not apply to {target}; {hint}")
 
 
+def _check_split(build: Any, option: str, value: Optional[int]) -> None:
+    """Build the split once, so a bad depth is refused before anything is written, naming the option."""
+    try:
+        build()
+    except TiecError as error:
+        rule = str(error).split(" must ", 1)[-1]
+        raise UsageError(f"{option} {value}: must {rule}" if " must " in str(error) else f"{option}: {error}") from None
+
+
+def _check_steps(scheduler: Any, steps: int) -> None:
+    """``--steps`` within the model's training schedule (diffusers' own message is a traceback)."""
+    trained = getattr(scheduler.config, "num_train_timesteps", None)
+    if trained is not None and steps > trained:
+        raise UsageError(f"--steps {steps} is more than the model was trained with ({trained} timesteps); "
+                         f"use at most {trained}")
+    try:
+        scheduler.set_timesteps(steps)
+    except (ValueError, TypeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"--steps {steps}: the scheduler refuses it ({first})") from None
+
+
+def is_stochastic(scheduler: Any) -> bool:
+    """Whether a scheduler's step draws noise: DDPM, Euler ancestral, SDE solvers (by diffusers'
+    own convention: its ``step`` takes a ``generator`` and the sampler is not one of the
+    deterministic ones that take it only for an option they leave off)."""
+    name = type(scheduler).__name__
+    config = getattr(scheduler, "config", {})
+    if name in ("DDIMScheduler",):
+        return float(getattr(config, "eta", 0.0) or 0.0) > 0
+    if name in ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"):
+        return "sde" in str(getattr(config, "algorithm_type", ""))
+    return name in ("DDPMScheduler", "EulerAncestralDiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+                    "DPMSolverSDEScheduler", "LCMScheduler", "TCDScheduler")
+
+
 class DemoJob:
     """Sample a demo model (``dit-digits`` or ``unet-digits``) with tiec's own loop."""
 
@@ -111,12 +149,17 @@ class DemoJob:
         is_dit = name == "dit-digits"
         _reject("--decoder-start" if is_dit else "--encoder-blocks", decoder_start if is_dit else encoder_blocks,
                 f"the demo model {name!r}", f"use {'--encoder-blocks' if is_dit else '--decoder-start'}")
-        self.labels = parse_labels(class_labels, NUM_CLASSES) * num_images
+        given = parse_labels(class_labels, NUM_CLASSES)
+        self.labels = given * num_images
         self.model = load(name, device=device, dtype=DTYPES[dtype])
         self.depth = encoder_blocks if is_dit else decoder_start
-        self.settings = dict(model=name, class_labels=self.labels, steps=steps, scheduler=scheduler or "ddim",
-                             policy=policy, coordinate=coordinate, guidance_scale=guidance_scale,
-                             parallel_decode=parallel_decode,
+        _check_split(lambda: self.model.split(self.depth), "--encoder-blocks" if is_dit else "--decoder-start",
+                     self.depth)
+        self.scheduler = self.model.scheduler(scheduler or "ddim")  # for checks; each call builds its own
+        _check_steps(self.scheduler, steps)
+        self.settings = dict(model=name, class_labels=given, images_per_input=num_images, steps=steps,
+                             scheduler=scheduler or "ddim", policy=policy, coordinate=coordinate,
+                             guidance_scale=guidance_scale, parallel_decode=parallel_decode,
                              seed=seed, device=device, dtype=dtype,
                              **({"encoder_blocks": encoder_blocks} if is_dit else {"decoder_start": decoder_start}))
 
@@ -124,7 +167,8 @@ class DemoJob:
         return len(self.labels)
 
     @torch.no_grad()
-    def __call__(self, keys: Any, indices: list[int], *, progress: bool) -> Images:
+    def __call__(self, keys: Any, indices: list[int], *, progress: Union[bool, str]) -> Images:
+        """Images ``indices``; ``progress``: a step bar, labelled when a string."""
         from ..demo.sampling import sample_digits, to_unit
 
         s = self.settings
@@ -134,7 +178,7 @@ class DemoJob:
                                parallel_decode=s["parallel_decode"], seeds=[s["seed"] + i for i in indices],
                                coordinate=s["coordinate"], progress=progress)
         return Images(to_unit(result.sample).cpu(), tuple(result.key_steps), result.encoder_calls,
-                      result.decoder_calls)
+                      result.decoder_calls, dict(result.key_errors))
 
 
 def _read_index(path: Path) -> str:
@@ -188,6 +232,19 @@ class PipelineJob:
             from tiec.adapters.diffusers import make_scheduler
 
             self.pipe.scheduler = make_scheduler(scheduler, self.pipe.scheduler.config)
+        _check_steps(self.pipe.scheduler, steps)
+        if is_dit and is_stochastic(self.pipe.scheduler):
+            raise UsageError(f"--scheduler {scheduler or type(self.pipe.scheduler).__name__}: {class_name} does not "
+                             "pass its generators to the scheduler, so a stochastic scheduler would draw other noise "
+                             "on every run; use ddim, dpm, euler, heun or unipc")
+        from tiec.adapters.diffusers import DiTSplit, UNet2DConditionSplit
+
+        if is_dit:
+            _check_split(lambda: DiTSplit(self.pipe.transformer, encoder_blocks=encoder_blocks), "--encoder-blocks",
+                         encoder_blocks)
+        else:
+            _check_split(lambda: UNet2DConditionSplit(self.pipe.unet, decoder_start=decoder_start or 0),
+                         "--decoder-start", decoder_start)
         self.inputs: dict[str, Any]
         if kind == "prompt":
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -206,11 +263,11 @@ class PipelineJob:
         if guidance_scale is None:
             guidance_scale = inspect.signature(self.pipe.__call__).parameters["guidance_scale"].default
         self.depth = {"encoder_blocks": encoder_blocks} if is_dit else {"decoder_start": decoder_start or 0}
-        self.settings = dict(model=str(path), pipeline=class_name, **self.inputs, num_images=self.count, steps=steps,
-                             scheduler=scheduler or type(self.pipe.scheduler).__name__, policy=policy,
-                             coordinate=coordinate,
-                             guidance_scale=guidance_scale, parallel_decode=False, seed=seed, device=device,
-                             dtype=dtype, **self.depth)
+        inputs = {**self.inputs, **({} if kind == "prompt" else {"class_labels": labels})}  # labels as given
+        self.settings = dict(model=str(path), pipeline=class_name, **inputs, images_per_input=num_images,
+                             steps=steps, scheduler=scheduler or type(self.pipe.scheduler).__name__, policy=policy,
+                             coordinate=coordinate, guidance_scale=guidance_scale, parallel_decode=False, seed=seed,
+                             device=device, dtype=dtype, **self.depth)
         self.device = device
 
     @staticmethod
@@ -235,13 +292,18 @@ class PipelineJob:
             for library, was_shown in zip(libraries, shown):
                 if was_shown:
                     library.enable_progress_bar()
-        return pipe.to(device)
+        # diffusers warns, once per fp16 module, that fp16 "will fail" on the CPU; torch runs it (slowly)
+        return pipe.to(device, silence_dtype_warnings=True)
 
     def __len__(self) -> int:
         return self.count
 
+    @property
+    def scheduler(self) -> Any:
+        return self.pipe.scheduler
+
     @torch.no_grad()
-    def __call__(self, keys: Any, indices: list[int], *, progress: bool, steps: Optional[int] = None,
+    def __call__(self, keys: Any, indices: list[int], *, progress: Union[bool, str], steps: Optional[int] = None,
                  **caching: Any) -> Images:
         """Images ``indices``: image ``i`` has label or prompt ``i`` (cycling) and the noise of seed
         ``seed + i``. ``steps`` and ``caching`` (policy, coordinate, split depth) override the job's
@@ -257,14 +319,15 @@ class PipelineJob:
         if isinstance(inputs.get("prompt"), str):
             inputs["num_images_per_prompt"] = len(indices)
         caching = {"policy": s["policy"], "coordinate": s["coordinate"], **self.depth, **caching}
-        self.pipe.set_progress_bar_config(disable=not progress)
+        self.pipe.set_progress_bar_config(disable=not progress, **({"desc": progress} if isinstance(progress, str)
+                                                                    else {}))
         with cached(self.pipe, keys=keys, **caching) as cache:
             out = self.pipe(**inputs, num_inference_steps=steps or s["steps"], guidance_scale=s["guidance_scale"],
                             generator=generators, output_type="np")
             model = cache.model
             key_steps = model.key_steps or ()
             return Images(torch.from_numpy(out.images).permute(0, 3, 1, 2).float().contiguous(), key_steps,
-                          model.encoder_calls, model.decoder_calls)
+                          model.encoder_calls, model.decoder_calls, dict(model.key_errors))
 
 
 def make_job(model: str, *, progress: bool = True, **options: Any) -> Any:

@@ -26,10 +26,21 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from .._files import atomic_path, write_atomic
 from .._errors import UsageError
+from .._files import atomic_path, json_text, write_atomic
 
 __all__ = ["ImageStore", "to_uint8", "png_bytes", "batches", "pending"]
+
+#: What tiec writes into a run folder besides ``run.json`` (and its manifests).
+RUN_FILES = ("images", "index.json", "record.json", "grid.png", "samples.npz")
+
+#: The ``tiec generate`` option behind each setting of ``run.json``, for messages.
+OPTIONS = {"model": "--model", "pipeline": "--model", "class_labels": "--class-labels", "prompt": "--prompt",
+           "negative_prompt": "--negative-prompt", "images_per_input": "--num-images", "steps": "--steps",
+           "scheduler": "--scheduler", "policy": "--policy", "coordinate": "--config", "keys": "--keys",
+           "guidance_scale": "--guidance-scale", "parallel_decode": "--parallel-decode", "seed": "--seed",
+           "dtype": "--dtype", "encoder_blocks": "--encoder-blocks", "decoder_start": "--decoder-start",
+           "batch_size": "--batch-size", "clean_caption": "--prompt"}
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:
@@ -61,21 +72,38 @@ class ImageStore:
         return f"ImageStore(out={str(self.out)!r}, manifest={self._manifest.name!r})"
 
     def prepare(self) -> None:
-        """Create the folders and ``run.json``; refuse a folder holding a run with other settings.
+        """Create the folders and ``run.json``, refusing a folder that holds finished images made
+        with other settings, or files tiec did not write (no ``run.json`` beside them).
 
-        Called by the main process before the others start writing.
+        A ``run.json`` with no finished image beside it (a run refused or stopped before its first
+        image) is replaced. Called by the main process before the others start writing.
         """
-        self.images.mkdir(parents=True, exist_ok=True)
         run = self.out / "run.json"
+        settings = json.loads(json.dumps(self.settings))
         if run.exists():
-            previous = json.loads(run.read_text())
-            if previous != json.loads(json.dumps(self.settings)):
-                changed = sorted(k for k in set(previous) | set(self.settings)
-                                 if previous.get(k) != json.loads(json.dumps(self.settings.get(k))))
-                raise UsageError(f"--out {str(self.out)!r} holds images made with other settings ({', '.join(changed)}); "
-                                 "rerun with the same arguments to resume, or choose another --out")
-            return
-        write_atomic(run, json.dumps(self.settings, indent=2) + "\n")
+            try:
+                previous = json.loads(run.read_text())
+            except ValueError:
+                previous = None
+            if not isinstance(previous, dict):
+                raise UsageError(f"--out {str(self.out)!r} holds a run.json tiec cannot read; choose another --out")
+            changed = sorted({OPTIONS.get(k, k) for k in set(previous) | set(settings)
+                              if previous.get(k) != settings.get(k)})
+            if not changed:
+                self.images.mkdir(parents=True, exist_ok=True)
+                return
+            if self.done():
+                raise UsageError(f"--out {str(self.out)!r} holds images made with other settings "
+                                 f"({', '.join(changed)}); rerun with the same arguments to resume, or choose "
+                                 "another --out")
+        else:
+            foreign = [name for name in RUN_FILES if (self.out / name).exists()
+                       and not (name == "images" and not any((self.out / name).iterdir()))]
+            if foreign:
+                raise UsageError(f"--out {str(self.out)!r} holds {', '.join(foreign)} but no run.json, so tiec did "
+                                 "not write them; choose an empty or new folder")
+        self.images.mkdir(parents=True, exist_ok=True)
+        write_atomic(run, json_text(self.settings))
 
     def done(self) -> dict[int, dict]:
         """Finished images, verified against their manifest lines: ``{index: entry}``."""
@@ -114,7 +142,7 @@ class ImageStore:
         if missing:
             raise UsageError(f"--out {str(self.out)!r} misses {len(missing)} images (first: {missing[:5]}); rerun to finish")
         index = dict(settings=self.settings, count=count, **extra, images=[done[i] for i in range(count)])
-        write_atomic(self.out / "index.json", json.dumps(index, indent=2) + "\n")
+        write_atomic(self.out / "index.json", json_text(index))
         return index
 
     def read(self, index: int) -> np.ndarray:
