@@ -1,5 +1,6 @@
 """Whole-or-nothing writes and the --out probe, including two writers sharing a folder."""
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -45,3 +46,30 @@ def test_output_dir_probes_without_touching_the_folder(tmp_path):
         assert set(pool.map(probe, range(400))) == {out}
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
     assert writable_folder(tmp_path / "new" / "deep").is_dir()
+
+
+def test_every_committed_json_file_is_strict_json():
+    """What tiec wrote and the repository keeps (results, calibrations, configurations) reads in
+    jq and browsers: no Infinity or NaN (an infinite PSNR is null with a flag)."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    paths = [p for folder in ("benchmarks", "tiec", "docs") for p in (root / folder).rglob("*.json")]
+    assert len(paths) > 40
+    for path in paths:
+        try:
+            json.loads(path.read_text(), parse_constant=refuse)
+        except ValueError as error:
+            raise AssertionError(f"{path.relative_to(root)}: {error}") from None
+
+
+def test_json_text_writes_infinity_as_null_with_a_flag():
+    from tiec._files import json_text
+
+    assert json.loads(json_text({"a": [{"psnr_db": float("-inf")}], "b": float("nan")})) == {
+        "a": [{"psnr_db": None, "psnr_db_is_infinite": True}], "b": None}
