@@ -121,3 +121,28 @@ def test_a_broken_pipeline_folder(saved, tmp_path, capsys):
     (broken / "model_index.json").write_text((saved["dit"] / "model_index.json").read_text())
     err = _fails(capsys, "--model", str(broken), "--out", str(tmp_path / "out"))
     assert f"--model '{broken}': diffusers could not load the DiTPipeline" in err
+
+
+@pytest.mark.parametrize("name, argv, message", [
+    ("dit", ["--scheduler", "ddpm"], "--scheduler ddpm: DiTPipeline does not pass its generators to the scheduler"),
+    ("dit", ["--encoder-blocks", "9"], "--encoder-blocks 9: must be an int in [1, 3]"),
+    ("sd", ["--prompt", "x", "--decoder-start", "9"], "--decoder-start 9: must be an int in [0, 3]"),
+    ("sd", ["--prompt", "x", "--steps", "1001"], "--steps 1001 is more than the model was trained with (1000"),
+])
+def test_pipeline_options_are_checked_before_anything_is_written(saved, tmp_path, capsys, name, argv, message):
+    err = _fails(capsys, "--model", str(saved[name]), "--out", str(tmp_path / "out"), *argv)
+    assert message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_pipeline_runs_in_float16_and_a_stochastic_scheduler_after_one_warning_line(saved, tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "tiec", "generate", "--model", str(saved["sd"]), "--prompt", "x",
+                             "--steps", "4", "--scheduler", "euler-a", "--dtype", "float16", "--no-count-macs",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "cannot run with `cpu`" not in result.stderr  # diffusers' fp16 warning: torch runs fp16 on the CPU
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 1 and warnings[0].startswith("tiec: warning: --scheduler euler-a draws new noise")

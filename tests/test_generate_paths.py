@@ -133,8 +133,10 @@ def test_a_folder_with_files_tiec_did_not_write_is_refused(tmp_path, capsys):
 
 def test_a_changed_option_is_named_as_the_option(tmp_path, capsys):
     assert main(["generate", *FAST, "--out", str(tmp_path)]) == 0
+    before = folder_state(tmp_path)
     err = refused(["generate", *FAST, "--num-images", "2", "--out", str(tmp_path)], capsys)
     assert "holds images made with other settings (--num-images)" in err
+    assert folder_state(tmp_path) == before
 
 
 # -- configurations ----------------------------------------------------------------------------
@@ -212,3 +214,11 @@ def test_the_console_labels_each_phase_and_prints_what_ran(tmp_path):
     assert lines[0].startswith("1 image made in ") and "(sampling " in lines[0]
     assert any(line.startswith("keys every:3 (steps 0,3), linear, coordinate auto") for line in lines), lines
     assert "Warning" not in result.stderr and "warning" not in result.stderr
+
+
+def test_the_help_names_the_defaults_that_apply(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--keys KEYS key steps" in text and "the calibrated configuration shipped for its sampler" in text
+    assert "(default every:3)" not in text  # the calibrated configuration comes first on a demo model

@@ -93,9 +93,16 @@ def single_euler_a(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "euler-a"])
+@pytest.fixture(scope="module")
+def single_ddpm(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single-ddpm")
+    assert main(["generate", *ARGS, "--scheduler", "ddpm", "--keys", "all", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler-a", "ddpm"])
 def test_an_interrupted_run_resumes_without_redoing_finished_images(request, tmp_path, scheduler):
-    single = request.getfixturevalue("single" if scheduler == "ddim" else "single_euler_a")
+    single = request.getfixturevalue("single" if scheduler == "ddim" else f"single_{scheduler.replace('-', '_')}")
     argv = [*ARGS, *([] if scheduler == "ddim" else ["--scheduler", scheduler, "--keys", "all"])]
     process = subprocess.Popen([sys.executable, "-m", "tiec", "generate", *argv, "--out", str(tmp_path)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
