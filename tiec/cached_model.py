@@ -45,8 +45,10 @@ class CachedModel:
     Steps are *distinct time values*. With ``timesteps`` (the times the sampler will call, highest
     first) the step of a call is found by value, with a relative tolerance of ``1e-5``; a time
     between two scheduled times is a sub-step of the earlier (noisier) step, a key exactly when that
-    step is. Without ``timesteps``, each new distinct time is the next step. Calls at the same time
-    (second-order solvers) share a step; a key call there replaces the stored features.
+    step is; a time above the first scheduled one (k-diffusion's churn raises σ before the first step)
+    belongs to the first step, always a key. Without ``timesteps``, each new distinct time is the
+    next step. Calls at the same time (second-order solvers) share a step; a key call there
+    replaces the stored features.
 
     A new trajectory starts -- the cache is emptied and the first call is a key -- when ``t`` goes
     back up to an earlier step (any rise without ``timesteps``), when the input's shape, dtype or
@@ -181,10 +183,7 @@ class CachedModel:
             if math.isclose(time, ref, rel_tol=1e-5, abs_tol=1e-9):
                 return float(i)
         if time > times[0]:
-            raise TiecValueError(
-                f"t={time} lies above the first scheduled time {times[0]}; call set_timesteps() "
-                "with the times the sampler uses"
-            )
+            return 0.0  # a churn sampler's first evaluation, just above the schedule: the first step
         ascending = [-v for v in times]
         k = bisect.bisect_right(ascending, -time) - 1  # times[k] > time > times[k + 1]
         if k == len(times) - 1:

@@ -106,6 +106,13 @@ class UNet2DConditionSplit:
                 f"Kandinsky-style UNets (addition_embed_type={unet.config.addition_embed_type!r}, "
                 f"encoder_hid_dim_type={unet.config.encoder_hid_dim_type!r}) are not supported yet"
             )
+        k_blocks = sorted({type(b).__name__ for b in [*unet.down_blocks, *unet.up_blocks]
+                           if type(b).__name__.startswith("K")})
+        if k_blocks:  # the latent upscaler's: their skips hold None, and its timestep is log(σ)/4
+            raise TiecNotImplementedError(
+                f"UNets with k-diffusion blocks ({', '.join(k_blocks)}), as in StableDiffusionLatentUpscalePipeline, "
+                "are not supported; run that pipeline without tiec"
+            )
         self.unet = unet
         self.decoder_start = decoder_start
 

@@ -205,3 +205,24 @@ def test_bad_arguments(model):
         denoiser.set_sigmas([0.0])
     with torch.no_grad():
         assert denoiser(torch.zeros(1, 2, 8, 8), torch.ones(1), cond=torch.tensor([1])).shape == (1, 2, 8, 8)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "dpm_2"])
+@torch.no_grad()
+def test_churn_on_a_schedule_that_starts_below_sigma_max_is_exact(model, sampler):
+    """img2img-style: a Karras schedule with its first steps dropped; churn evaluates just above its
+    first sigma, which belongs to the first step (issue #18, item 3)."""
+    ref = reference(model)
+    sigmas = sigmas_for("karras", ref, n=10)[4:]
+    fn = getattr(K.sampling, f"sample_{sampler}")
+
+    def sample(denoiser):
+        torch.manual_seed(3)
+        x = torch.randn(2, 2, 8, 8) * sigmas[0]
+        return fn(denoiser, x, sigmas, extra_args={"cond": torch.arange(2)}, disable=True, s_churn=1.0)
+
+    expected = sample(ref)
+    denoiser = ours(model, sampler, sigmas)
+    assert torch.equal(sample(denoiser), expected)
+    cached = ours(model, sampler, sigmas, keys="every:2")
+    assert torch.isfinite(sample(cached)).all() and cached.encoder_calls < cached.decoder_calls

@@ -167,3 +167,30 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match="unet must be a diffusers UNet2DConditionModel, got Linear"):
         UNet2DConditionSplit(torch.nn.Linear(2, 2))
     assert repr(UNet2DConditionSplit(unet, decoder_start=1)) == "UNet2DConditionSplit(decoder_start=1 of 3 up blocks)"
+
+
+def test_the_latent_upscalers_k_block_unet_is_refused_in_one_line():
+    """Its K-blocks put None among the skips and its timestep is log(σ)/4 (issue #18, item 7)."""
+    import diffusers
+
+    import tiec.adapters.diffusers as tiec_diffusers
+
+    unet = diffusers.UNet2DConditionModel(
+        act_fn="gelu", attention_head_dim=8, norm_num_groups=None, block_out_channels=[32, 32],
+        time_cond_proj_dim=16, conv_in_kernel=1, conv_out_kernel=1, cross_attention_dim=32, in_channels=8,
+        down_block_types=("KDownBlock2D", "KCrossAttnDownBlock2D"), mid_block_type=None, out_channels=5,
+        resnet_time_scale_shift="scale_shift", time_embedding_type="fourier", timestep_post_act="gelu",
+        up_block_types=("KCrossAttnUpBlock2D", "KUpBlock2D"))
+    message = r"UNets with k-diffusion blocks \(KCrossAttnDownBlock2D, .*\), as in StableDiffusionLatentUpscalePipeline"
+    with pytest.raises(NotImplementedError, match=message):
+        UNet2DConditionSplit(unet)
+
+    class LatentUpscaler:  # what enable() sees of the pipeline: a UNet and a scheduler
+        scheduler = diffusers.EulerDiscreteScheduler()
+
+    pipe = LatentUpscaler()
+    pipe.unet = unet
+    forward = unet.forward
+    with pytest.raises(NotImplementedError, match=message):
+        tiec_diffusers.enable(pipe)
+    assert not tiec_diffusers.is_enabled(pipe) and unet.forward == forward and "forward" not in unet.__dict__
