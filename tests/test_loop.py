@@ -227,8 +227,10 @@ def test_progress_bar(model, capsys):
 def test_coordinates():
     euler = EulerDiscreteScheduler()
     euler.set_timesteps(5)
+    # Euler places its fractional timesteps by interpolating σ linearly, tiec reads them back
+    # through log σ: the two agree to a few 1e-6
     assert scheduler_log_sigmas(euler, euler.timesteps) == pytest.approx(
-        [math.log(float(s)) for s in euler.sigmas[:5]])
+        [math.log(float(s)) for s in euler.sigmas[:5]], abs=1e-5)
     ddim = DDIMScheduler()
     ddim.set_timesteps(5)
     expected = [0.5 * math.log((1 - float(ddim.alphas_cumprod[t])) / float(ddim.alphas_cumprod[t]))
@@ -313,3 +315,35 @@ def test_no_tensor_stays_reachable_after_a_run(model):
 def test_public_names_are_exported():
     for name in tiec.__all__:
         assert hasattr(tiec, name), name
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm", "dpm", "euler", "euler-a", "heun", "unipc", "karras-euler", "sde"])
+def test_log_sigma_of_every_evaluation_is_the_schedulers_own(kind):
+    """From the time value, never from a position in ``sigmas`` (issue #18, item 2): DPM-Solver
+    SDE's midpoints have no entry of their own in ``sigmas``."""
+    from diffusers import DPMSolverSDEScheduler
+
+    from tiec.adapters.diffusers import make_scheduler
+
+    if kind == "sde":
+        scheduler = DPMSolverSDEScheduler()
+    elif kind == "karras-euler":
+        scheduler = EulerDiscreteScheduler(use_karras_sigmas=True)
+    else:
+        scheduler = make_scheduler(kind, {})
+    scheduler.set_timesteps(7)
+    timesteps = list(scheduler.timesteps)
+    got = scheduler_log_sigmas(scheduler, timesteps)
+    alphas = scheduler.alphas_cumprod.double()
+    if kind in ("ddim", "ddpm"):  # integer timesteps of the training schedule
+        own = [0.5 * math.log((1 - float(alphas[int(t)])) / float(alphas[int(t)])) for t in timesteps]
+    elif kind == "sde":  # keys at the scheduler's sigmas, midpoints at their geometric mean
+        sigmas = [float(s) for s in scheduler.sigmas]
+        own = []
+        for i in range(len(timesteps)):
+            step, mid = divmod(i, 2)
+            low, high = sigmas[2 * step], sigmas[min(2 * step + 1, len(sigmas) - 1)]
+            own.append(math.log(low) if not mid else 0.5 * (math.log(low) + math.log(high)))
+    else:
+        own = [math.log(float(s)) for s in scheduler.sigmas[: len(timesteps)]]
+    assert got == pytest.approx(own, abs=2e-4)

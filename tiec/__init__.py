@@ -11,7 +11,7 @@ from .blend import Features, relative_error, weighted_sum
 from .cache import EncoderCache
 from .cached_model import CachedModel
 from .config import TiecConfig, load_config
-from .coordinates import scheduler_log_sigmas
+from .coordinates import log_sigma_at, scheduler_log_sigmas
 from .flops import EncoderShare, count_flops, encoder_share
 from .guidance import ClassifierFreeGuidance
 from .loop import KEY_ERROR_WARNING, NoiseInjection, SampleResult, StepInfo, sample
@@ -53,6 +53,7 @@ __all__ = [
     "get_schedule",
     "lagrange_weights",
     "load_config",
+    "log_sigma_at",
     "preset",
     "relative_error",
     "sample",

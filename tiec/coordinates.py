@@ -21,43 +21,58 @@ COORDINATES = ("auto", "t", "log_sigma", "step")
 
 
 def log_sigma_at(alphas_cumprod: torch.Tensor, t: float) -> float:
-    """log σ(t) with σ = sqrt((1 - ᾱ) / ᾱ), ᾱ linearly interpolated at fractional ``t`` (clamped to
-    the schedule); NaN where ᾱ is 0 or 1.
+    """log σ(t) of a training schedule, σ = sqrt((1 - ᾱ) / ᾱ), at a possibly fractional ``t``:
+    log σ is interpolated linearly between the neighbouring training timesteps (the inverse of
+    diffusers' ``_sigma_to_t``, which places Karras and midpoint sigmas at fractional t), ``t``
+    clamped to the schedule; NaN where ᾱ is 0 or 1.
 
     Examples:
         >>> round(log_sigma_at(torch.tensor([0.8, 0.5, 0.2]), 1.0), 6)  # ᾱ = 0.5: σ = 1
         0.0
-        >>> round(log_sigma_at(torch.tensor([0.8, 0.5, 0.2]), 1.5), 4)  # ᾱ = 0.35
-        0.3095
+        >>> round(log_sigma_at(torch.tensor([0.8, 0.5, 0.2]), 1.5), 4)  # halfway from log 1 to log 2
+        0.3466
     """
     last = alphas_cumprod.shape[0] - 1
     t = min(max(t, 0.0), float(last))
     low = int(math.floor(t))
     high = min(low + 1, last)
     frac = t - low
-    alpha = (1 - frac) * float(alphas_cumprod[low]) + frac * float(alphas_cumprod[high])
-    if not 0.0 < alpha < 1.0:
-        return math.nan
-    return 0.5 * math.log((1.0 - alpha) / alpha)
+    values = []
+    for index in (low, high):
+        alpha = float(alphas_cumprod[index])
+        if not 0.0 < alpha < 1.0:
+            return math.nan
+        values.append(0.5 * math.log((1.0 - alpha) / alpha))
+    return (1 - frac) * values[0] + frac * values[1]
 
 
 def scheduler_log_sigmas(scheduler: Any, timesteps: Sequence[Any]) -> list[float] | None:
     """log σ for each entry of ``timesteps``, or ``None`` when the scheduler cannot tell σ.
 
-    Uses ``scheduler.sigmas`` when it is aligned with ``timesteps`` (one more entry, the final σ, as
-    in diffusers' Euler, Heun, DPM-Solver, UniPC and LMS schedulers); otherwise derives σ from
-    ``scheduler.alphas_cumprod`` at each (possibly fractional) timestep (DDIM, DDPM).
+    Derived from each time *value*: from ``scheduler.alphas_cumprod`` (:func:`log_sigma_at`)
+    wherever the scheduler has its training schedule -- every diffusers scheduler tiec's command
+    line offers, and DPM-Solver SDE, whose midpoint evaluations have no entry of their own in
+    ``sigmas``. Only a scheduler without ``alphas_cumprod`` falls back on ``scheduler.sigmas``, and
+    only where it holds one decreasing σ per evaluation (plus the final one).
+
+    Examples:
+        >>> from diffusers import DPMSolverSDEScheduler
+        >>> sde = DPMSolverSDEScheduler()
+        >>> sde.set_timesteps(4)
+        >>> [round(v, 2) for v in scheduler_log_sigmas(sde, sde.timesteps)[:3]]  # the midpoint is 2.36
+        [3.22, 2.36, 1.5]
     """
-    sigmas = getattr(scheduler, "sigmas", None)
-    if isinstance(sigmas, torch.Tensor) and sigmas.dim() == 1 and len(sigmas) == len(timesteps) + 1:
-        values = [float(s) for s in sigmas[: len(timesteps)]]
-        if all(v > 0 and math.isfinite(v) for v in values):
-            return [math.log(v) for v in values]
     alphas = getattr(scheduler, "alphas_cumprod", None)
     if isinstance(alphas, torch.Tensor) and alphas.dim() == 1:
         values = [log_sigma_at(alphas, float(t)) for t in timesteps]
         if all(math.isfinite(v) for v in values):
             return values
+    sigmas = getattr(scheduler, "sigmas", None)
+    if isinstance(sigmas, torch.Tensor) and sigmas.dim() == 1 and len(sigmas) == len(timesteps) + 1:
+        values = [float(s) for s in sigmas[: len(timesteps)]]
+        decreasing = all(b < a for a, b in zip(values, values[1:]))
+        if decreasing and all(v > 0 and math.isfinite(v) for v in values):
+            return [math.log(v) for v in values]
     return None
 
 
