@@ -12,7 +12,10 @@ decisions come from the time *value* of each call, matched against ``pipe.schedu
 fractional timesteps work. A pipeline call is detected by the scheduler's new ``timesteps``
 tensor (every ``set_timesteps`` makes one), by time going up, or by a batch or shape change
 (guidance switched off by a callback), so no state survives from one call -- or from an
-interrupted one -- into the next. ``disable`` restores the original ``forward`` exactly.
+interrupted one -- into the next. The key schedule is laid over the steps a call runs, from the
+timestep of its first evaluation: img2img, inpainting and SDXL's refiner (``strength``,
+``denoising_start``) skip the first timesteps, and keys and presets count the steps that remain.
+``disable`` restores the original ``forward`` exactly.
 """
 
 from __future__ import annotations
@@ -137,13 +140,21 @@ class PipelineCache:
         pipe = self._pipe()
         return getattr(pipe, "scheduler", None)
 
-    def _sync(self) -> bool:
-        """Follow the scheduler's timesteps; a new tensor means a new pipeline call. False: unknown."""
+    def _sync(self, t: Any) -> bool:
+        """Follow the scheduler's timesteps; a new tensor means a new pipeline call. False: unknown.
+
+        The key schedule is laid over the steps the call runs: from the scheduler's timestep that
+        the call's first evaluation ``t`` matches (img2img ``strength`` and SDXL's
+        ``denoising_start`` skip the first ones), so keys and presets count run steps.
+        """
         timesteps = getattr(self._scheduler(), "timesteps", None)
         if not isinstance(timesteps, torch.Tensor) or timesteps.numel() == 0:
             return False
         if timesteps is not self._timesteps:
-            self.model.set_timesteps(timesteps.tolist())
+            times = timesteps.tolist()
+            time = _first_time(t)
+            start = next((i for i, value in enumerate(times) if value <= time * (1 + 1e-5) + 1e-9), 0)
+            self.model.set_timesteps(times[start:])
             self._timesteps = timesteps
             self._controlnet_last = None
         return True
@@ -163,7 +174,7 @@ class PipelineCache:
             return_dict = arguments.pop("return_dict", True)
             sample = arguments.pop(self._sample_name)
             t = arguments.pop(self._time_name)
-            if not self._sync() or not self._in_schedule(t):
+            if not self._sync(t) or not self._in_schedule(t):
                 return original(*args, **kwargs)  # a call this cache cannot place: run it as it is
             cond = {k: v for k, v in {**arguments, **extra}.items() if v is not None}
             out = self.model(sample, t, **cond)
@@ -180,7 +191,7 @@ class PipelineCache:
             time = _first_time(t)
             batch = (tuple(sample.shape), sample.dtype, sample.device)
             last = self._controlnet_last
-            if (self._sync() and self._in_schedule(t) and last is not None and last[0] == batch
+            if (self._sync(t) and self._in_schedule(t) and last is not None and last[0] == batch
                     and not self.model.will_encode(time)):
                 self.controlnet_skips += 1
                 return last[1]  # the decoder ignores residuals: the shapes are all that matter

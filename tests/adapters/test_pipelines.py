@@ -238,3 +238,36 @@ def test_unsupported_pipelines_and_options():
     with tiec_diffusers.cached(pipe, coordinate="log_sigma", decoder_start=1, keys=2) as state:
         images(pipe, PIPELINES["sd"]()[1](), steps=4)
         assert state.model.encoder_calls == 2
+
+
+@pytest.mark.parametrize("name", ["sd", "sdxl"])
+@torch.no_grad()
+def test_img2img_keys_count_the_steps_the_call_runs(name):
+    """strength 0.6 of 10 steps runs the last 6: keys every 3 are run steps 0 and 3, and a preset is
+    rescaled to the 6 (was: the full schedule's keys, 3 encoder calls; issue #18, item 6)."""
+    import diffusers
+
+    pipe, kwargs = PIPELINES[name]()
+    cls = {"sd": diffusers.StableDiffusionImg2ImgPipeline, "sdxl": diffusers.StableDiffusionXLImg2ImgPipeline}[name]
+    img = cls(**pipe.components)
+    img.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def run(steps=10):
+        return img(**kwargs(), image=image, strength=0.6, num_inference_steps=steps,
+                   generator=torch.Generator().manual_seed(0)).images
+
+    reference = run()
+    with tiec_diffusers.cached(img) as cache:
+        assert torch.equal(run(), reference)
+    counter, handle = encoder_probe(img)
+    try:
+        with tiec_diffusers.cached(img, keys="every:3") as cache:
+            run()
+            assert cache.model.key_steps == (0, 3) and cache.model.decoder_calls == 6
+            assert cache.model.encoder_calls == counter["n"] == 2
+        with tiec_diffusers.cached(img, keys="ddim-50") as cache:
+            run(50)  # 30 run steps: the DDIM-50 preset rescaled to them, dense early keys kept
+            assert cache.model.key_steps[:4] == (0, 1, 2, 3) and len(cache.model.key_steps) > 5
+    finally:
+        handle.remove()
