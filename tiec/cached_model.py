@@ -219,6 +219,12 @@ class CachedModel:
             return True
         return self._position(time) < math.floor(self._position(self._last_time))
 
+    def starts_over(self, t: Any) -> bool:
+        """Whether a call at time ``t`` goes back to an earlier step of the current trajectory (or
+        is the first call), so it would start a new one. Changes nothing."""
+        time = _scalar_time(t)
+        return time is None or self._goes_back(time)
+
     def will_encode(self, t: Any) -> bool:
         """Whether a call at time ``t`` (same input shape as the last call) would run the encoder.
 

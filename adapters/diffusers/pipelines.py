@@ -99,6 +99,9 @@ class PipelineCache:
             ``encoder_calls``/``decoder_calls`` count across calls until ``reset()``).
         controlnet_calls: ControlNet evaluations actually run (key steps only).
         controlnet_skips: ControlNet calls answered from the last key's outputs.
+        foreign_calls: denoiser calls run uncached because they came from another pipeline or
+            loop sharing the denoiser with a scheduler of its own (a new run that this
+            pipeline's scheduler did not start).
     """
 
     def __init__(self, pipe: Any, *, keys: KeysLike, policy: PolicyLike, coordinate: str,
@@ -117,6 +120,8 @@ class PipelineCache:
         self._timesteps: Optional[torch.Tensor] = None
         self.controlnet_calls = 0
         self.controlnet_skips = 0
+        self.foreign_calls = 0
+        self._layout_calls = 0
         self._controlnet_last: Optional[tuple[Any, ...]] = None
         self._patches: list[_ForwardPatch] = []
         self._sample_name, self._time_name = list(inspect.signature(self.denoiser.forward).parameters)[:2]
@@ -151,13 +156,21 @@ class PipelineCache:
         if not isinstance(timesteps, torch.Tensor) or timesteps.numel() == 0:
             return False
         if timesteps is not self._timesteps:
-            times = timesteps.tolist()
-            time = _first_time(t)
-            start = next((i for i, value in enumerate(times) if value <= time * (1 + 1e-5) + 1e-9), 0)
-            self.model.set_timesteps(times[start:])
             self._timesteps = timesteps
-            self._controlnet_last = None
+            self._lay_out(_first_time(t))
         return True
+
+    def _lay_out(self, time: float) -> None:
+        """Start a run whose first evaluation is at ``time``: keys over the timesteps from there."""
+        times = self._timesteps.tolist() if self._timesteps is not None else []
+        start = next((i for i, value in enumerate(times) if value <= time * (1 + 1e-5) + 1e-9), 0)
+        self.model.set_timesteps(times[start:])
+        self._layout_calls = 0
+        self._controlnet_last = None
+
+    def _on_schedule(self, time: float) -> bool:
+        times = self._timesteps.tolist() if self._timesteps is not None else []
+        return any(math.isclose(time, value, rel_tol=1e-5, abs_tol=1e-9) for value in times)
 
     def _in_schedule(self, t: Any) -> bool:
         time = _first_time(t)
@@ -176,6 +189,16 @@ class PipelineCache:
             t = arguments.pop(self._time_name)
             if not self._sync(t) or not self._in_schedule(t):
                 return original(*args, **kwargs)  # a call this cache cannot place: run it as it is
+            if self._layout_calls and self.model.starts_over(t):
+                # A new run although this pipeline's scheduler set no new timesteps: a loop that
+                # reuses them (it starts on one of them), or another pipeline sharing this
+                # denoiser with a scheduler of its own, whose times this schedule cannot place:
+                # its calls run as they are, exactly.
+                if not self._on_schedule(_first_time(t)):
+                    self.foreign_calls += 1
+                    return original(*args, **kwargs)
+                self._lay_out(_first_time(t))
+            self._layout_calls += 1
             cond = {k: v for k, v in {**arguments, **extra}.items() if v is not None}
             out = self.model(sample, t, **cond)
             return _wrap_output(self.denoiser_name, out, return_dict)
@@ -266,6 +289,13 @@ def enable(
     encoder_blocks = options["encoder_blocks"]
     _, denoiser = _denoiser(pipe)
     if denoiser in _PATCHES:
+        other = _PATCHES[denoiser]._pipe()
+        if other is not None and other is not pipe and getattr(other, "scheduler", None) is not pipe.scheduler:
+            raise TiecError(
+                f"this {type(pipe).__name__}'s {type(denoiser).__name__} is shared with a {type(other).__name__} that "
+                "has tiec enabled with a scheduler of its own; disable it there first, or build this pipeline with "
+                "the same scheduler (from_pipe shares it)"
+            )
         raise TiecError(
             f"tiec caching is already enabled on this {type(pipe).__name__}'s {type(denoiser).__name__}; "
             "call tiec.adapters.diffusers.disable(pipe) before enabling it again"
@@ -279,9 +309,15 @@ def enable(
 
 
 def is_enabled(pipe: Any) -> bool:
-    """Whether :func:`enable` is in effect on ``pipe``'s denoiser."""
+    """Whether :func:`enable` is in effect for ``pipe``: on its denoiser, through this pipeline or
+    one that shares its scheduler (another pipeline's calls with a scheduler of their own run
+    uncached)."""
     _, denoiser = _denoiser(pipe)
-    return denoiser in _PATCHES
+    state = _PATCHES.get(denoiser)
+    if state is None:
+        return False
+    owner = state._pipe()
+    return owner is pipe or getattr(owner, "scheduler", None) is getattr(pipe, "scheduler", None)
 
 
 def disable(pipe: Any) -> None:

@@ -11,6 +11,7 @@ from diffusers import (
 )
 
 import tiec.adapters.diffusers as tiec_diffusers
+from tiec import TiecError
 from tiny_pipelines import PIPELINES, ddim, if_ddpm
 
 
@@ -271,3 +272,39 @@ def test_img2img_keys_count_the_steps_the_call_runs(name):
             assert cache.model.key_steps[:4] == (0, 1, 2, 3) and len(cache.model.key_steps) > 5
     finally:
         handle.remove()
+
+
+@torch.no_grad()
+def test_a_unet_shared_with_a_pipeline_that_has_its_own_scheduler():
+    """One UNet, two pipelines (issue #18, item 8): the one with a scheduler of its own runs its
+    calls uncached and exact, is not reported enabled, and cannot be enabled on top; one built
+    with the same scheduler (from_pipe) is cached."""
+    import diffusers
+
+    pipe, kwargs = PIPELINES["sd"]()
+    other = diffusers.StableDiffusionImg2ImgPipeline(**{**pipe.components, "scheduler": ddim()})
+    other.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def img2img(steps=12):
+        return other(**kwargs(), image=image, strength=0.7, num_inference_steps=steps,
+                     generator=torch.Generator().manual_seed(0)).images
+
+    expected = img2img()
+    run_times = other.scheduler.timesteps.tolist()[-8:]  # strength 0.7 of 12 steps
+    with tiec_diffusers.cached(pipe, keys="every:3") as cache:
+        images(pipe, kwargs(), steps=30)
+        own_times = pipe.scheduler.timesteps.tolist()
+        assert torch.equal(img2img(), expected)
+        # every call whose time is not on the first pipeline's schedule ran uncached (here all but
+        # the last, t=1, which both schedules share: a new run's first step there, a key)
+        assert cache.foreign_calls == sum(t not in own_times for t in run_times) == 7
+        assert not tiec_diffusers.is_enabled(other)
+        with pytest.raises(TiecError, match="shared with a StableDiffusionPipeline that has "
+                           "tiec enabled with a scheduler of its own"):
+            tiec_diffusers.enable(other)
+        shared = diffusers.StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+        shared.set_progress_bar_config(disable=True)
+        assert tiec_diffusers.is_enabled(shared)
+        shared(**kwargs(), image=image, strength=0.5, num_inference_steps=12, generator=torch.Generator().manual_seed(0))
+        assert cache.model.key_steps == (0, 3) and cache.foreign_calls == 7  # shared: cached, none foreign
