@@ -11,6 +11,8 @@ Notation: ``B`` batch, ``N`` tokens ``(H/p)*(W/p)``, ``D`` hidden size, ``p`` pa
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -46,11 +48,12 @@ class DiTConfig:
         return self.in_channels * 2 if self.learn_sigma else self.in_channels
 
 
+#: The official sizes (facebookresearch/DiT ``models.py``): XL, L, B, S at patch sizes 2, 4, 8.
 DIT_CONFIGS = {
-    "DiT-XL/2": DiTConfig(depth=28, hidden_size=1152, patch_size=2, num_heads=16),
-    "DiT-L/2": DiTConfig(depth=24, hidden_size=1024, patch_size=2, num_heads=16),
-    "DiT-B/2": DiTConfig(depth=12, hidden_size=768, patch_size=2, num_heads=12),
-    "DiT-S/2": DiTConfig(depth=12, hidden_size=384, patch_size=2, num_heads=6),
+    f"DiT-{size}/{patch}": DiTConfig(depth=depth, hidden_size=hidden, patch_size=patch, num_heads=heads)
+    for size, (depth, hidden, heads) in {"XL": (28, 1152, 16), "L": (24, 1024, 16), "B": (12, 768, 12),
+                                         "S": (12, 384, 6)}.items()
+    for patch in (2, 4, 8)
 }
 
 
@@ -162,6 +165,8 @@ class ReferenceDiT(nn.Module):
         self.out_channels = config.out_channels
         self.patch_size = config.patch_size
         self.num_classes = config.num_classes
+        #: which weights :func:`load_reference_dit` took: "ema", "model" or "state dict" (None: built here)
+        self.checkpoint_weights: Optional[str] = None
         self.x_embedder = layers.PatchEmbed(config.input_size, config.patch_size, config.in_channels,
                                             config.hidden_size, bias=True)
         self.t_embedder = TimestepEmbedder(config.hidden_size)
@@ -245,39 +250,98 @@ class ReferenceDiTSplit:
         return model.unpatchify(model.final_layer(h, c))
 
 
+def _read_state(path: Path) -> dict:
+    """A checkpoint's tensors: safetensors, or ``torch.load(weights_only=True)`` (never a full unpickle)."""
+    if not path.is_file():
+        raise TiecValueError(f"checkpoint {str(path)!r} does not exist (or is not a file)")
+    if path.suffix == ".safetensors":
+        return require("safetensors.torch", "dit").load_file(str(path))
+    try:
+        with warnings.catch_warnings():  # torch notes the pickle protocol before it refuses or loads
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError and friends: never fall back to a full unpickle
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch colours its message for terminals
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)  # what torch refused: "Unsupported global: ..."
+        reason = detail.group(1).split(". ")[0].strip().rstrip(".") if detail else " ".join(text.split())[:200]
+        raise TiecValueError(
+            f"refusing to load {path}: torch.load(weights_only=True) does not accept it ({type(error).__name__}: "
+            f"{reason}); it is not a plain state dict: re-save the weights as a state dict or safetensors"
+        ) from None
+
+
+def _shape_of(state: dict) -> dict[str, Any]:
+    """What a state dict says about its DiT: depth, hidden size, patch size, input size, learn_sigma."""
+    blocks = {k.split(".")[1] for k in state if k.startswith("blocks.")}
+    found: dict[str, Any] = {"depth": len(blocks)} if blocks else {}
+    weight = state.get("x_embedder.proj.weight")
+    if isinstance(weight, torch.Tensor) and weight.dim() == 4:
+        found.update(hidden_size=weight.shape[0], in_channels=weight.shape[1], patch_size=weight.shape[2])
+        final = state.get("final_layer.linear.weight")
+        if isinstance(final, torch.Tensor):
+            found["learn_sigma"] = final.shape[0] == 2 * weight.shape[1] * weight.shape[2] ** 2
+    pos = state.get("pos_embed")
+    if isinstance(pos, torch.Tensor) and "patch_size" in found:
+        found["input_size"] = round(math.sqrt(pos.shape[1])) * found["patch_size"]
+    return found
+
+
 def load_reference_dit(path: Union[str, Path], config: Union[DiTConfig, str] = "DiT-XL/2",
                        **overrides: Any) -> ReferenceDiT:
     """Build a :class:`ReferenceDiT` and load a plain state dict into it (strictly).
 
     ``.safetensors`` files are read with safetensors; anything else with
-    ``torch.load(weights_only=True)``, which refuses pickles that carry code.
+    ``torch.load(weights_only=True)``, which refuses pickles that carry code. A training
+    checkpoint (``{"model", "ema", "opt", ...}``) gives its EMA weights, as the official sampler
+    takes them, else its ``"model"``; ``model.checkpoint_weights`` says which (``"ema"``,
+    ``"model"`` or ``"state dict"``).
 
     Args:
         path: the checkpoint (e.g. the official ``DiT-XL-2-256x256.pt``).
         config: a :class:`DiTConfig` or a name in :data:`DIT_CONFIGS`.
         overrides: config fields to change (``input_size=64`` for 512x512 checkpoints, ...).
+
+    Raises:
+        ValueError: a missing file, a pickle that is not a plain state dict (naming what it holds),
+            or a checkpoint that does not fit the config, in one line naming what differs.
     """
     if isinstance(config, str):
         if config not in DIT_CONFIGS:
             raise TiecValueError(f"config {config!r} is unknown; expected one of {sorted(DIT_CONFIGS)}")
-        config = DIT_CONFIGS[config]
+        name, config = config, DIT_CONFIGS[config]
+    else:
+        name = "the config"
     config = DiTConfig(**{**asdict(config), **overrides})
     path = Path(path)
-    if path.suffix == ".safetensors":
-        state = require("safetensors.torch", "dit").load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # UnpicklingError and friends: never fall back to a full unpickle
-            raise TiecValueError(
-                f"refusing to load {path}: it is not a plain state dict that torch.load(weights_only=True) "
-                f"accepts ({type(error).__name__}: {str(error).splitlines()[0]}); re-save the weights as "
-                "a state dict or safetensors"
-            ) from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # training checkpoints keep the weights under "model"
+    state = _read_state(path)
+    taken = "state dict"
+    if isinstance(state, dict):
+        for key in ("ema", "model"):  # training checkpoints: the official sampler takes "ema"
+            if isinstance(state.get(key), dict):
+                state, taken = state[key], key
+                break
     if not isinstance(state, dict):
         raise TiecTypeError(f"{path} holds a {type(state).__name__}, expected a state dict")
+    expected = {"depth": config.depth, "hidden_size": config.hidden_size, "in_channels": config.in_channels,
+                "patch_size": config.patch_size, "input_size": config.input_size, "learn_sigma": config.learn_sigma}
+    found = _shape_of(state)
+    differ = [f"{k} {found[k]} (config: {expected[k]})" for k in expected if k in found and found[k] != expected[k]]
+    if differ:
+        fits = [n for n, c in DIT_CONFIGS.items() if (c.depth, c.hidden_size, c.patch_size) ==
+                (found.get("depth"), found.get("hidden_size"), found.get("patch_size"))]
+        hint = f"; it looks like {fits[0]}" if fits else ""
+        raise TiecValueError(f"{path} does not fit {name}: its {', '.join(differ)}{hint} (pass that config, or "
+                             "input_size=/learn_sigma= overrides)")
     model = ReferenceDiT(config)
-    model.load_state_dict(state, strict=True)
+    missing, unexpected = (sorted(set(model.state_dict()) - set(state)), sorted(set(state) - set(model.state_dict())))
+    if missing or unexpected:
+        parts = [f"{len(keys)} {what} (first: {keys[0]})" for what, keys in (("missing", missing),
+                                                                             ("unexpected", unexpected)) if keys]
+        raise TiecValueError(f"{path} does not fit {name}: {', '.join(parts)} parameters; is it a DiT checkpoint?")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:  # a shape the checks above do not see (mlp_ratio, num_classes, ...)
+        first = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error))
+        raise TiecValueError(f"{path} does not fit {name}: {first[:300]}") from None
+    model.checkpoint_weights = taken
     return model.eval()

@@ -5,7 +5,7 @@ import torch
 from diffusers import DiTTransformer2DModel
 
 from tiec.adapters.diffusers import DiTSplit
-from tiec.adapters.reference_dit import DiTConfig, ReferenceDiT, ReferenceDiTSplit, load_reference_dit
+from tiec.adapters.reference_dit import DIT_CONFIGS, DiTConfig, ReferenceDiT, ReferenceDiTSplit, load_reference_dit
 
 TINY = DiTConfig(input_size=8, hidden_size=32, depth=3, num_heads=2, num_classes=10)
 
@@ -76,8 +76,17 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path, reference_dit):
     loaded = load_reference_dit(path, TINY)
     for key, value in reference_dit.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
+    assert loaded.checkpoint_weights == "state dict"
     torch.save({"model": reference_dit.state_dict(), "opt": {}}, tmp_path / "train.pt")
     assert torch.equal(load_reference_dit(tmp_path / "train.pt", TINY).pos_embed, reference_dit.pos_embed)
+
+
+def test_a_training_checkpoint_gives_its_ema_weights_as_the_official_sampler(tmp_path, reference_dit):
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in reference_dit.state_dict().items()}
+    torch.save({"model": reference_dit.state_dict(), "ema": ema, "opt": {}, "args": None}, tmp_path / "train.pt")
+    loaded = load_reference_dit(tmp_path / "train.pt", TINY)
+    assert loaded.checkpoint_weights == "ema"
+    assert torch.equal(loaded.final_layer.linear.weight, ema["final_layer.linear.weight"])
 
 
 def test_safetensors_round_trip(tmp_path, reference_dit):
@@ -97,10 +106,52 @@ class _Payload:
 def test_a_pickle_carrying_code_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
-        pickle.dump({"model": _Payload()}, f)
-    with pytest.raises(ValueError, match=r"refusing to load .*evil.pt: it is not a plain state dict"):
+        pickle.dump({"model": _Payload()}, f, protocol=2)  # torch.save's protocol
+    with pytest.raises(ValueError, match=r"refusing to load .*evil.pt: .*Unsupported global: GLOBAL print was not an allowed global"
+                                         r".*it is not a plain state dict") as error:
         load_reference_dit(path, TINY)
+    assert "\x1b" not in str(error.value) and "\n" not in str(error.value)
     assert "never be printed" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config, message", [
+    (DiTConfig(input_size=8, hidden_size=32, depth=4, num_heads=2, num_classes=10), "its depth 3 (config: 4)"),
+    (DiTConfig(input_size=8, hidden_size=64, depth=3, num_heads=2, num_classes=10), "hidden_size 32 (config: 64)"),
+    (DiTConfig(input_size=8, hidden_size=32, depth=3, num_heads=2, num_classes=10, patch_size=4),
+     "patch_size 2 (config: 4)"),
+    (DiTConfig(input_size=8, hidden_size=32, depth=3, num_heads=2, num_classes=10, learn_sigma=False),
+     "learn_sigma True (config: False)"),
+    (DiTConfig(input_size=16, hidden_size=32, depth=3, num_heads=2, num_classes=10), "input_size 8 (config: 16)"),
+    (DiTConfig(input_size=8, hidden_size=32, depth=3, num_heads=2, num_classes=100), "size mismatch for "
+                                                                                      "y_embedder.embedding_table"),
+])
+def test_a_checkpoint_that_does_not_fit_is_one_line_naming_what_differs(tmp_path, reference_dit, config, message):
+    torch.save(reference_dit.state_dict(), tmp_path / "dit.pt")
+    with pytest.raises(ValueError, match="does not fit the config: ") as error:
+        load_reference_dit(tmp_path / "dit.pt", config)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_checkpoint_of_another_official_size_is_named(tmp_path):
+    small = ReferenceDiT(DIT_CONFIGS["DiT-S/8"])
+    torch.save(small.state_dict(), tmp_path / "s8.pt")
+    with pytest.raises(ValueError, match=r"does not fit DiT-XL/2: its depth 12 \(config: 28\), hidden_size 384 "
+                                         r"\(config: 1152\), patch_size 8 \(config: 2\); it looks like DiT-S/8"):
+        load_reference_dit(tmp_path / "s8.pt", "DiT-XL/2")
+    assert load_reference_dit(tmp_path / "s8.pt", "DiT-S/8").patch_size == 8
+
+
+def test_missing_files_and_foreign_state_dicts(tmp_path):
+    with pytest.raises(ValueError, match=r"checkpoint '.*nothing.pt' does not exist"):
+        load_reference_dit(tmp_path / "nothing.pt", TINY)
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"does not fit the config: \d+ missing \(first: .*\), 1 unexpected "
+                                         r"\(first: weight\) parameters"):
+        load_reference_dit(tmp_path / "other.pt", TINY)
+
+
+def test_every_official_size_is_known():
+    assert sorted(DIT_CONFIGS) == sorted(f"DiT-{s}/{p}" for s in ("XL", "L", "B", "S") for p in (2, 4, 8))
 
 
 def test_unknown_config_name():
