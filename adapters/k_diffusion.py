@@ -22,8 +22,6 @@ separate cache streams, told apart by the content of their conditioning tensors.
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from typing import Any, Optional, Sequence
 
 import torch
@@ -35,26 +33,13 @@ from tiec.config import ConfigLike, merge_config
 from tiec.policies import Linear, PolicyLike
 from tiec.protocol import Split
 from tiec.schedules import KeysLike
+from tiec.streams import CacheStreams
 
 from ._lazy import require
 
 __all__ = ["KDiffusionDenoiser", "PREDICTIONS"]
 
 PREDICTIONS = ("eps", "v", "eps_learned_sigma")
-
-
-def _fingerprint(value: Any) -> Any:
-    """A hashable summary of conditioning, by content (callers rebuild tensors every call)."""
-    if isinstance(value, torch.Tensor):
-        data = value.detach().contiguous().cpu()
-        digest = hashlib.blake2b(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"",
-                                 digest_size=16).hexdigest()
-        return ("tensor", tuple(value.shape), str(value.dtype), digest)
-    if isinstance(value, dict):
-        return tuple(sorted((k, _fingerprint(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(_fingerprint(v) for v in value)
-    return repr(value)
 
 
 class _Renamed:
@@ -139,9 +124,7 @@ class KDiffusionDenoiser(torch.nn.Module):
         self.coordinate = coordinate
         self.max_streams = max_streams
         self._sigmas: Optional[list[float]] = None
-        self._streams: "OrderedDict[Any, CachedModel]" = OrderedDict()
-        self._retired_encoder_calls = 0
-        self._retired_decoder_calls = 0
+        self.streams = CacheStreams(self._make_stream, max_streams=max_streams)
 
     # -- k-diffusion's DiscreteSchedule interface ----------------------------------------------
     @property
@@ -171,47 +154,34 @@ class KDiffusionDenoiser(torch.nn.Module):
             if positive.numel() == 0:
                 raise TiecValueError(f"sigmas must hold at least one positive sigma, got {values.tolist()}")
             self._sigmas = self.inner.sigma_to_t(positive.to(self.inner.sigmas.device)).tolist()
-        for stream in self._streams.values():
-            stream.set_timesteps(self._sigmas)
+        self.streams.set_timesteps(self._sigmas)
 
     def reset(self) -> None:
         """Drop every stream and zero the counters (the sigma schedule is kept)."""
-        self._streams.clear()
-        self._retired_encoder_calls = self._retired_decoder_calls = 0
+        self.streams.reset()
 
     @property
     def encoder_calls(self) -> int:
-        return self._retired_encoder_calls + sum(s.encoder_calls for s in self._streams.values())
+        return self.streams.encoder_calls
 
     @property
     def decoder_calls(self) -> int:
-        return self._retired_decoder_calls + sum(s.decoder_calls for s in self._streams.values())
+        return self.streams.decoder_calls
 
     def extra_repr(self) -> str:
         schedule = "open-ended" if self._sigmas is None else f"{len(self._sigmas)} sigmas"
         return (f"prediction={self.prediction!r}, keys={self.keys!r}, policy={self.policy!r}, "
-                f"coordinate={self.coordinate!r}, {schedule}, streams={len(self._streams)}")
+                f"coordinate={self.coordinate!r}, {schedule}, streams={len(self.streams)}")
 
-    def _stream(self, cond: dict[str, Any]) -> CachedModel:
-        key = _fingerprint(cond)
-        stream = self._streams.get(key)
-        if stream is None:
-            if self.coordinate == "log_sigma":
-                coordinate: Any = lambda t: float(self.inner.t_to_sigma(torch.tensor(t)).log())  # noqa: E731
-            else:
-                coordinate = self.coordinate
-            stream = CachedModel(self.split, keys=self.keys, policy=self.policy, coordinate=coordinate,
-                                 timesteps=self._sigmas)
-            self._streams[key] = stream
-            while len(self._streams) > self.max_streams:
-                _, old = self._streams.popitem(last=False)
-                self._retired_encoder_calls += old.encoder_calls
-                self._retired_decoder_calls += old.decoder_calls
-        self._streams.move_to_end(key)
-        return stream
+    def _make_stream(self) -> CachedModel:
+        if self.coordinate == "log_sigma":
+            coordinate: Any = lambda t: float(self.inner.t_to_sigma(torch.tensor(t)).log())  # noqa: E731
+        else:
+            coordinate = self.coordinate
+        return CachedModel(self.split, keys=self.keys, policy=self.policy, coordinate=coordinate)
 
     def _model_output(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
-        out = self._stream(cond)(x, t, **cond)
+        out = self.streams.get(cond)(x, t, **cond)
         return out.chunk(2, dim=1)[0] if self.prediction == "eps_learned_sigma" else out
 
     # -- the call ------------------------------------------------------------------------------

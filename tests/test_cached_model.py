@@ -181,3 +181,23 @@ def test_a_midpoint_past_the_next_time_is_not_a_new_run(model):
     assert cached.cache.times == (350.0, 100.0)
     cached(x(), 900.0)  # back to step 0: a new run
     assert cached.trajectories == 2
+
+
+@torch.no_grad()
+def test_cache_streams_keep_conditionings_apart_and_share_the_timesteps(model):
+    from tiec.streams import CacheStreams
+
+    streams = CacheStreams(lambda: CachedModel(CountingSplit(model), keys="every:2", policy="hold"), max_streams=2)
+    streams.set_timesteps([900, 600, 300])
+    labels = [torch.tensor([1]), torch.tensor([2]), torch.tensor([1])]  # the first label again, same content
+    for t in (900.0, 600.0, 300.0):
+        for y in labels:
+            streams.get({"y": y.clone()})(x(batch=1), t)
+    assert len(streams) == 2 and [s.key_steps for s in streams.streams] == [(0, 2), (0, 2)]
+    assert streams.encoder_calls == 6 and streams.decoder_calls == 9  # the first label's stream ran twice a step
+    streams.get({"y": torch.tensor([3])})  # a third conditioning: the least recently used stream goes
+    assert len(streams) == 2 and streams.encoder_calls == 6
+    with pytest.raises(ValueError, match="max_streams must be an int >= 1, got 0"):
+        CacheStreams(lambda: None, max_streams=0)
+    streams.reset()
+    assert len(streams) == 0 and streams.encoder_calls == 0 and streams.latest is None

@@ -219,6 +219,11 @@ class CachedModel:
             return True
         return self._position(time) < math.floor(self._position(self._last_time))
 
+    @property
+    def in_trajectory(self) -> bool:
+        """Whether the current trajectory has had a call (``False`` right after a reset)."""
+        return self._last_time is not None
+
     def starts_over(self, t: Any) -> bool:
         """Whether a call at time ``t`` goes back to an earlier step of the current trajectory (or
         is the first call), so it would start a new one. Changes nothing."""

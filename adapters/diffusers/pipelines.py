@@ -35,12 +35,18 @@ from tiec.config import ConfigLike, merge_config
 from tiec.coordinates import log_sigma_at
 from tiec.policies import Linear, PolicyLike
 from tiec.schedules import KeysLike
+from tiec.streams import CacheStreams
 
 from .._lazy import require
 from .dit import DiTSplit
 from .unet import UNet2DConditionSplit
 
 __all__ = ["PipelineCache", "enable", "disable", "cached", "is_enabled"]
+
+#: The denoiser arguments that tell conditionings apart (the cache stream of a call). ControlNet
+#: and T2I residuals are left out: they change every step and matter at keys only.
+STREAM_ARGUMENTS = ("encoder_hidden_states", "class_labels", "added_cond_kwargs", "timestep_cond",
+                    "encoder_attention_mask", "attention_mask")
 
 _PATCHES: "weakref.WeakKeyDictionary[Any, PipelineCache]" = weakref.WeakKeyDictionary()
 
@@ -94,9 +100,15 @@ class _ForwardPatch:
 class PipelineCache:
     """What :func:`enable` installed on a pipeline: the cached model and the forward patches.
 
+    Each conditioning has a stream of its own (:class:`tiec.streams.CacheStreams`, told apart by
+    the content of :data:`STREAM_ARGUMENTS`), so a pipeline or loop that evaluates the conditional
+    and unconditional halves of guidance in separate calls never blends one into the other; with
+    batched guidance there is one stream.
+
     Attributes:
-        model: the :class:`tiec.CachedModel` every denoiser call goes through (its
-            ``encoder_calls``/``decoder_calls`` count across calls until ``reset()``).
+        streams: the :class:`tiec.streams.CacheStreams` the denoiser calls go through.
+        model: the :class:`tiec.CachedModel` of the latest call's stream (with batched guidance,
+            the only one); ``encoder_calls``/``decoder_calls`` sum every stream.
         controlnet_calls: ControlNet evaluations actually run (key steps only).
         controlnet_skips: ControlNet calls answered from the last key's outputs.
         foreign_calls: denoiser calls run uncached because they came from another pipeline or
@@ -115,13 +127,13 @@ class PipelineCache:
         if coordinate not in ("t", "step", "log_sigma"):
             raise TiecValueError(f"coordinate {coordinate!r} is unknown; expected 't', 'step' or 'log_sigma'")
         tau: Any = self._log_sigma if coordinate == "log_sigma" else coordinate
-        self.model = CachedModel(split, keys=keys, policy=policy, coordinate=tau, check_finite=check_finite)
+        self.streams = CacheStreams(lambda: CachedModel(split, keys=keys, policy=policy, coordinate=tau,
+                                                        check_finite=check_finite), max_streams=4)
         self.coordinate = coordinate
         self._timesteps: Optional[torch.Tensor] = None
         self.controlnet_calls = 0
         self.controlnet_skips = 0
         self.foreign_calls = 0
-        self._layout_calls = 0
         self._controlnet_last: Optional[tuple[Any, ...]] = None
         self._patches: list[_ForwardPatch] = []
         self._sample_name, self._time_name = list(inspect.signature(self.denoiser.forward).parameters)[:2]
@@ -130,9 +142,21 @@ class PipelineCache:
         if isinstance(controlnet, torch.nn.Module):
             self._patches.append(_ForwardPatch(controlnet, self._controlnet_forward))
 
+    @property
+    def model(self) -> CachedModel:
+        return self.streams.latest or self.streams.get({})  # before any call: an empty stream
+
+    @property
+    def encoder_calls(self) -> int:
+        return self.streams.encoder_calls
+
+    @property
+    def decoder_calls(self) -> int:
+        return self.streams.decoder_calls
+
     def __repr__(self) -> str:
         pipe = self._pipe()
-        return (f"PipelineCache(pipeline={type(pipe).__name__}, model={self.model!r}, "
+        return (f"PipelineCache(pipeline={type(pipe).__name__}, streams={self.streams!r}, "
                 f"controlnet_calls={self.controlnet_calls}, controlnet_skips={self.controlnet_skips})")
 
     # -- time bookkeeping ----------------------------------------------------------------------
@@ -164,9 +188,14 @@ class PipelineCache:
         """Start a run whose first evaluation is at ``time``: keys over the timesteps from there."""
         times = self._timesteps.tolist() if self._timesteps is not None else []
         start = next((i for i, value in enumerate(times) if value <= time * (1 + 1e-5) + 1e-9), 0)
-        self.model.set_timesteps(times[start:])
-        self._layout_calls = 0
+        self.streams.set_timesteps(times[start:])
         self._controlnet_last = None
+
+    def _stream(self, arguments: Any) -> CachedModel:
+        """The cache stream of a call's conditioning."""
+        extra = arguments.get("kwargs") or {}
+        return self.streams.get({name: value for name, value in {**arguments, **extra}.items()
+                                 if name in STREAM_ARGUMENTS and value is not None})
 
     def _on_schedule(self, time: float) -> bool:
         times = self._timesteps.tolist() if self._timesteps is not None else []
@@ -189,7 +218,8 @@ class PipelineCache:
             t = arguments.pop(self._time_name)
             if not self._sync(t) or not self._in_schedule(t):
                 return original(*args, **kwargs)  # a call this cache cannot place: run it as it is
-            if self._layout_calls and self.model.starts_over(t):
+            model = self._stream({**arguments, **extra})
+            if model.in_trajectory and model.starts_over(t):
                 # A new run although this pipeline's scheduler set no new timesteps: a loop that
                 # reuses them (it starts on one of them), or another pipeline sharing this
                 # denoiser with a scheduler of its own, whose times this schedule cannot place:
@@ -198,9 +228,8 @@ class PipelineCache:
                     self.foreign_calls += 1
                     return original(*args, **kwargs)
                 self._lay_out(_first_time(t))
-            self._layout_calls += 1
             cond = {k: v for k, v in {**arguments, **extra}.items() if v is not None}
-            out = self.model(sample, t, **cond)
+            out = model(sample, t, **cond)
             return _wrap_output(self.denoiser_name, out, return_dict)
 
         return forward
@@ -215,7 +244,7 @@ class PipelineCache:
             batch = (tuple(sample.shape), sample.dtype, sample.device)
             last = self._controlnet_last
             if (self._sync(t) and self._in_schedule(t) and last is not None and last[0] == batch
-                    and not self.model.will_encode(time)):
+                    and not self._stream(bound.arguments).will_encode(time)):
                 self.controlnet_skips += 1
                 return last[1]  # the decoder ignores residuals: the shapes are all that matter
             result = original(*args, **kwargs)
@@ -230,7 +259,7 @@ class PipelineCache:
             patch.remove()
         self._patches = []
         self._controlnet_last = None
-        self.model.reset()
+        self.streams.reset()
 
 
 def _wrap_output(name: str, out: torch.Tensor, return_dict: bool) -> Any:

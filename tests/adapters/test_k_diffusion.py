@@ -187,7 +187,7 @@ def test_separate_cond_and_uncond_calls_get_separate_streams(model):
     assert torch.equal(run("euler", separate_cfg(exact), sigmas, extra_args=extra), expected)
     sparse = ours(model, "euler", sigmas, keys=3)
     run("euler", separate_cfg(sparse), sigmas, extra_args=extra)
-    assert len(sparse._streams) == 2
+    assert len(sparse.streams) == 2
     assert sparse.encoder_calls == 2 * 2  # keys at steps 0 and 3, in each stream
 
 

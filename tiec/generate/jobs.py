@@ -324,10 +324,10 @@ class PipelineJob:
         with cached(self.pipe, keys=keys, **caching) as cache:
             out = self.pipe(**inputs, num_inference_steps=steps or s["steps"], guidance_scale=s["guidance_scale"],
                             generator=generators, output_type="np")
-            model = cache.model
+            model = cache.model  # with batched guidance, the only stream
             key_steps = model.key_steps or ()
             return Images(torch.from_numpy(out.images).permute(0, 3, 1, 2).float().contiguous(), key_steps,
-                          model.encoder_calls, model.decoder_calls, dict(model.key_errors))
+                          cache.encoder_calls, cache.decoder_calls, dict(model.key_errors))
 
 
 def make_job(model: str, *, progress: bool = True, **options: Any) -> Any:
