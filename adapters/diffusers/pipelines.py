@@ -70,31 +70,47 @@ def _first_time(t: Any) -> float:
 
 
 class _ForwardPatch:
-    """Replace ``module.forward`` on the instance; undo exactly, refusing if someone wrapped on top."""
+    """Replace the module's forward on the instance; undo exactly, refusing if someone wrapped on top.
+
+    Accelerate's hooks (``enable_model_cpu_offload``, ``enable_sequential_cpu_offload``) replace
+    ``module.forward`` with a function that runs the hook's ``pre_forward`` (which moves the module
+    to its device), then ``module._old_forward``. When such a hook is on the module, the patch goes
+    into ``_old_forward``, under the hook, so the hook still runs on every call; accelerate moves
+    it back to ``forward`` when diffusers removes its hooks after a call, and under the next hook
+    when they are reinstalled, so the patch survives both. :meth:`remove` restores the original
+    wherever the patch is.
+    """
+
+    SLOTS = ("forward", "_old_forward")
 
     def __init__(self, module: torch.nn.Module, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
         self.module = module
-        self.had_instance_forward = "forward" in module.__dict__
-        self.saved = module.__dict__.get("forward")
-        original = module.forward
+        hooked = getattr(module, "_hf_hook", None) is not None and "_old_forward" in module.__dict__
+        slot = "_old_forward" if hooked else "forward"
+        self.saved = module.__dict__.get(slot)
+        original = getattr(module, slot)
         self.original = original
         wrapper = make(original)
         functools.update_wrapper(wrapper, original)
         wrapper.__signature__ = inspect.signature(original)  # type: ignore[attr-defined]
         self.wrapper = wrapper
-        module.forward = wrapper
+        setattr(module, slot, wrapper)
+
+    def _is_class_forward(self, value: Any) -> bool:
+        return getattr(value, "__func__", None) is type(self.module).forward and getattr(value, "__self__", None) \
+            is self.module
 
     def remove(self) -> None:
-        current = self.module.__dict__.get("forward")
-        if current is not self.wrapper:
+        slot = next((name for name in self.SLOTS if self.module.__dict__.get(name) is self.wrapper), None)
+        if slot is None:
             raise TiecError(
                 f"{type(self.module).__name__}.forward was replaced after tiec patched it; remove the "
                 "other patch first, then call disable() again"
             )
-        if self.had_instance_forward:
-            self.module.forward = self.saved
+        if slot == "forward" and (self.saved is None or self._is_class_forward(self.saved)):
+            del self.module.forward  # the class's own forward again, no instance attribute left
         else:
-            del self.module.forward
+            setattr(self.module, slot, self.saved if self.saved is not None else self.original)
 
 
 class PipelineCache:

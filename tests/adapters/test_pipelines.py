@@ -353,3 +353,47 @@ def test_separate_conditional_and_unconditional_calls_keep_separate_streams(name
         separate = _guided_loop(pipe, kwargs, separate=True)
         assert len(cache.streams) == 2 and cache.encoder_calls == 6 and cache.decoder_calls == 16
     assert (separate - batched).abs().max() <= 4 * exact_gap + 1e-6
+
+
+def _counting_hook():
+    from accelerate.hooks import ModelHook
+
+    class Counting(ModelHook):  # what offload's hook does first on every call: pre_forward
+        calls = 0
+
+        def pre_forward(self, module, *args, **kwargs):
+            Counting.calls += 1
+            return args, kwargs
+
+    return Counting()
+
+
+@pytest.mark.parametrize("order", ["offload first", "tiec first"])
+@torch.no_grad()
+def test_accelerate_offload_hooks_keep_running_and_survive_their_reinstallation(order):
+    """Issue #18, item 4: model CPU offload's hook moves the UNet to its device in pre_forward; the
+    patch reached the submodules directly, so it never ran, and diffusers' removal and
+    reinstallation of the hooks after each call dropped the patch and broke disable()."""
+    pytest.importorskip("accelerate")
+    from accelerate.hooks import add_hook_to_module, remove_hook_from_module
+
+    pipe, kwargs = PIPELINES["sd"]()
+    reference = images(pipe, kwargs(), steps=6)
+    hook = _counting_hook()
+    if order == "offload first":
+        add_hook_to_module(pipe.unet, hook)
+    cache = tiec_diffusers.enable(pipe, keys=3)
+    if order == "tiec first":
+        add_hook_to_module(pipe.unet, hook)
+    for _ in range(2):
+        before = type(hook).calls
+        fast = images(pipe, kwargs(), steps=6)
+        assert type(hook).calls - before == 6  # the hook ran on every denoiser call
+        remove_hook_from_module(pipe.unet)  # what diffusers does after each call with offload on ...
+        add_hook_to_module(pipe.unet, hook)  # ... and again before the next
+    assert cache.encoder_calls == 2 * 2 and not torch.equal(fast, reference)  # still cached
+    tiec_diffusers.disable(pipe)
+    assert torch.equal(images(pipe, kwargs(), steps=6), reference)
+    remove_hook_from_module(pipe.unet)
+    assert pipe.unet.forward.__func__ is type(pipe.unet).forward  # (accelerate leaves it as an attribute)
+    assert torch.equal(images(pipe, kwargs(), steps=6), reference)
