@@ -397,3 +397,20 @@ def test_accelerate_offload_hooks_keep_running_and_survive_their_reinstallation(
     remove_hook_from_module(pipe.unet)
     assert pipe.unet.forward.__func__ is type(pipe.unet).forward  # (accelerate leaves it as an attribute)
     assert torch.equal(images(pipe, kwargs(), steps=6), reference)
+
+
+@torch.no_grad()
+def test_dpm_solver_sde_with_its_midpoints():
+    """DPM-Solver SDE evaluates midpoints between its steps; every step a key stays exact, sparse
+    keys blend at each midpoint's own log sigma (tests/test_loop.py checks the coordinate)."""
+    from diffusers import DPMSolverSDEScheduler
+
+    pipe, kwargs = PIPELINES["sd"]()
+    pipe.scheduler = DPMSolverSDEScheduler.from_config(ddim().config, noise_sampler_seed=0)
+    reference = images(pipe, kwargs(), steps=4)
+    with tiec_diffusers.cached(pipe, coordinate="log_sigma") as cache:
+        assert torch.equal(images(pipe, kwargs(), steps=4), reference)
+    with tiec_diffusers.cached(pipe, keys=2, coordinate="log_sigma") as cache:
+        fast = images(pipe, kwargs(), steps=4)
+        assert cache.decoder_calls == len(pipe.scheduler.timesteps) and cache.encoder_calls < cache.decoder_calls
+    assert torch.isfinite(fast).all()
