@@ -93,8 +93,9 @@ def test_a_peer_that_fails_gets_a_row_with_its_error(monkeypatch):
 
 
 def test_speed_rows_carry_the_mac_bound(monkeypatch):
-    import tiec.bench.speed as speed
     from tiny_arch import tiny_full_size
+
+    import tiec.bench.speed as speed
 
     monkeypatch.setattr(speed, "_full_size", tiny_full_size)
     results = bench_speed("dit-xl-2", steps=6, repeats=1, progress=False)

@@ -4,9 +4,9 @@ import weakref
 import pytest
 import torch
 from diffusers import DDIMScheduler, HeunDiscreteScheduler
+from toy import CountingSplit, make_toy
 
 from tiec import CachedModel, uniform
-from toy import CountingSplit, make_toy
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from saved_pipelines import SAVED
+
 from tiec.cli import main
 
 

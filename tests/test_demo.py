@@ -50,8 +50,8 @@ def test_training_commands_run_on_a_reduced_budget(tmp_path, model, capsys):
 
 
 def test_the_demo_unet_draws_the_requested_digits_with_tiec():
-    from tiec.generate import DEMO_DEFAULTS
     from tiec.demo.sampling import sample_digits
+    from tiec.generate import DEMO_DEFAULTS
 
     demo, classifier = load("unet-digits"), load("digits-classifier")
     labels = [i % 10 for i in range(20)]

@@ -5,8 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tiec._files import atomic_path, write_atomic
-from tiec._files import writable_folder
+from tiec._files import atomic_path, writable_folder, write_atomic
 
 
 def test_two_writers_of_one_file_do_not_collide(tmp_path):

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tiec.generate.run_folder import ImageStore
 from tiec.cli import main
+from tiec.generate.run_folder import ImageStore
 
 ARGS = ["--class-labels", "0,1,2,3,4,5,6,7,8,9", "--num-images", "2", "--steps", "12", "--batch-size", "2",
         "--quiet", "--no-count-macs"]

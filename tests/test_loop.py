@@ -11,10 +11,10 @@ from diffusers import (
     HeunDiscreteScheduler,
     UniPCMultistepScheduler,
 )
+from toy import CountingSplit, make_toy
 
 import tiec
 from tiec import CachedModel, NoiseInjection, sample, scheduler_log_sigmas
-from toy import CountingSplit, make_toy
 
 SCHEDULERS = [
     DDIMScheduler,
@@ -322,7 +322,6 @@ def test_log_sigma_of_every_evaluation_is_the_schedulers_own(kind):
     """From the time value, never from a position in ``sigmas`` (issue #18, item 2): DPM-Solver
     SDE's midpoints have no entry of their own in ``sigmas``."""
     from diffusers import DPMSolverSDEScheduler
-
     from tiec.adapters.diffusers import make_scheduler
 
     if kind == "sde":

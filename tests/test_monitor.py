@@ -3,9 +3,9 @@
 import pytest
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+from toy import make_toy
 
 from tiec import CachedModel, relative_error, sample
-from toy import make_toy
 
 STEPS = 9
 

@@ -6,7 +6,13 @@ needs torch only; adapters for diffusers, timm and k-diffusion live in :mod:`tie
 imported lazily.
 """
 
-from ._errors import MissingDependencyError, TiecError, TiecNotImplementedError, TiecTypeError, TiecValueError
+from ._errors import (
+    MissingDependencyError,
+    TiecError,
+    TiecNotImplementedError,
+    TiecTypeError,
+    TiecValueError,
+)
 from .blend import Features, relative_error, weighted_sum
 from .cache import EncoderCache
 from .cached_model import CachedModel

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from ._errors import TiecTypeError, TiecValueError
+from .blend import relative_error
 from .cache import EncoderCache
 from .config import ConfigLike, merge_config
 from .coordinates import coordinate_values, scheduler_log_sigmas
@@ -22,7 +23,6 @@ from .guidance import ClassifierFreeGuidance
 from .lookahead import model_input_scale, predict_latent
 from .policies import Linear, Lookahead, PolicyLike
 from .progress import progress_bar
-from .blend import relative_error
 from .protocol import Split, decode_batch
 from .schedules import KeysLike, get_schedule
 
@@ -312,4 +312,5 @@ def sample(
                 advance(j, output)
                 bar.update(1)
             i = end
-    return SampleResult(x, key_steps, encoder_calls, decoder_calls, used_coordinate, num_steps, key_errors)
+    return SampleResult(x, key_steps, encoder_calls, decoder_calls, used_coordinate, num_steps,
+                        key_errors)

@@ -7,5 +7,5 @@ from .bench.metrics import PeakMemory, frechet_distance, max_abs_error, psnr, ss
 
 __all__ = ["PeakMemory", "frechet_distance", "max_abs_error", "psnr", "ssim"]
 
-warnings.warn("tiec.metrics moved to tiec.bench.metrics; import it from there (the alias goes in tiec 0.2)",
-              DeprecationWarning, stacklevel=2)
+warnings.warn("tiec.metrics moved to tiec.bench.metrics; import it from there "
+              "(the alias goes in tiec 0.2)", DeprecationWarning, stacklevel=2)

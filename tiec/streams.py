@@ -76,8 +76,8 @@ class CacheStreams:
         return len(self._streams)
 
     def __repr__(self) -> str:
-        return (f"CacheStreams({len(self)} of at most {self.max_streams}, encoder_calls={self.encoder_calls}, "
-                f"decoder_calls={self.decoder_calls})")
+        return (f"CacheStreams({len(self)} of at most {self.max_streams}, "
+                f"encoder_calls={self.encoder_calls}, decoder_calls={self.decoder_calls})")
 
     @property
     def streams(self) -> tuple[CachedModel, ...]:
@@ -114,7 +114,7 @@ class CacheStreams:
         return stream
 
     def set_timesteps(self, timesteps: Optional[Sequence[Any]]) -> None:
-        """The times of the next runs, for every stream now and later; each starts a new trajectory."""
+        """The times of the next runs, for every stream now and later; each starts a new run."""
         self._timesteps = None if timesteps is None else [float(t) for t in timesteps]
         for stream in self._streams.values():
             stream.set_timesteps(self._timesteps)

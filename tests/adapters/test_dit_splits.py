@@ -3,9 +3,14 @@ import pickle
 import pytest
 import torch
 from diffusers import DiTTransformer2DModel
-
 from tiec.adapters.diffusers import DiTSplit
-from tiec.adapters.reference_dit import DIT_CONFIGS, DiTConfig, ReferenceDiT, ReferenceDiTSplit, load_reference_dit
+from tiec.adapters.reference_dit import (
+    DIT_CONFIGS,
+    DiTConfig,
+    ReferenceDiT,
+    ReferenceDiTSplit,
+    load_reference_dit,
+)
 
 TINY = DiTConfig(input_size=8, hidden_size=32, depth=3, num_heads=2, num_classes=10)
 

@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from tiec.adapters.diffusers import UNet2DConditionSplit
 from tiny_unets import FAMILIES
 
@@ -172,7 +171,6 @@ def test_bad_arguments():
 def test_the_latent_upscalers_k_block_unet_is_refused_in_one_line():
     """Its K-blocks put None among the skips and its timestep is log(σ)/4 (issue #18, item 7)."""
     import diffusers
-
     import tiec.adapters.diffusers as tiec_diffusers
 
     unet = diffusers.UNet2DConditionModel(

@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     out = writable_folder(folder(args.out))
     command = "tiec " + " ".join(args.argv)
     if args.study:
-        from ..bench.studies import STUDIES, markdown_table as study_table, write_study
+        from ..bench.studies import STUDIES, write_study
+        from ..bench.studies import markdown_table as study_table
 
         quick = dict(steps=10, keys=("every:3",), policies=("hold", "linear")) if args.quick else {}
         results = STUDIES[args.study](args.model, num_samples=args.num_samples or (8 if args.quick else 64),

@@ -1,0 +1,185 @@
+"""The pipeline patch under the call patterns real callers use (issue #18): img2img's partial
+schedules, a UNet shared between pipelines, conditional and unconditional halves in separate
+calls, accelerate's offload hooks, DPM-Solver SDE's midpoints."""
+
+import pytest
+import tiec.adapters.diffusers as tiec_diffusers
+import torch
+from test_pipelines import encoder_probe, images
+from tiny_pipelines import PIPELINES, ddim
+
+from tiec import TiecError
+
+
+@pytest.mark.parametrize("name", ["sd", "sdxl"])
+@torch.no_grad()
+def test_img2img_keys_count_the_steps_the_call_runs(name):
+    """strength 0.6 of 10 steps runs the last 6: keys every 3 are run steps 0 and 3, and a preset is
+    rescaled to the 6 (was: the full schedule's keys, 3 encoder calls; issue #18, item 6)."""
+    import diffusers
+
+    pipe, kwargs = PIPELINES[name]()
+    cls = {"sd": diffusers.StableDiffusionImg2ImgPipeline, "sdxl": diffusers.StableDiffusionXLImg2ImgPipeline}[name]
+    img = cls(**pipe.components)
+    img.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def run(steps=10):
+        return img(**kwargs(), image=image, strength=0.6, num_inference_steps=steps,
+                   generator=torch.Generator().manual_seed(0)).images
+
+    reference = run()
+    with tiec_diffusers.cached(img) as cache:
+        assert torch.equal(run(), reference)
+    counter, handle = encoder_probe(img)
+    try:
+        with tiec_diffusers.cached(img, keys="every:3") as cache:
+            run()
+            assert cache.model.key_steps == (0, 3) and cache.model.decoder_calls == 6
+            assert cache.model.encoder_calls == counter["n"] == 2
+        with tiec_diffusers.cached(img, keys="ddim-50") as cache:
+            run(50)  # 30 run steps: the DDIM-50 preset rescaled to them, dense early keys kept
+            assert cache.model.key_steps[:4] == (0, 1, 2, 3) and len(cache.model.key_steps) > 5
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def test_a_unet_shared_with_a_pipeline_that_has_its_own_scheduler():
+    """One UNet, two pipelines (issue #18, item 8): the one with a scheduler of its own runs its
+    calls uncached and exact, is not reported enabled, and cannot be enabled on top; one built
+    with the same scheduler (from_pipe) is cached."""
+    import diffusers
+
+    pipe, kwargs = PIPELINES["sd"]()
+    other = diffusers.StableDiffusionImg2ImgPipeline(**{**pipe.components, "scheduler": ddim()})
+    other.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def img2img(steps=12):
+        return other(**kwargs(), image=image, strength=0.7, num_inference_steps=steps,
+                     generator=torch.Generator().manual_seed(0)).images
+
+    expected = img2img()
+    run_times = other.scheduler.timesteps.tolist()[-8:]  # strength 0.7 of 12 steps
+    with tiec_diffusers.cached(pipe, keys="every:3") as cache:
+        images(pipe, kwargs(), steps=30)
+        own_times = pipe.scheduler.timesteps.tolist()
+        assert torch.equal(img2img(), expected)
+        # every call whose time is not on the first pipeline's schedule ran uncached (here all but
+        # the last, t=1, which both schedules share: a new run's first step there, a key)
+        assert cache.foreign_calls == sum(t not in own_times for t in run_times) == 7
+        assert not tiec_diffusers.is_enabled(other)
+        with pytest.raises(TiecError, match="shared with a StableDiffusionPipeline that has "
+                           "tiec enabled with a scheduler of its own"):
+            tiec_diffusers.enable(other)
+        shared = diffusers.StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+        shared.set_progress_bar_config(disable=True)
+        assert tiec_diffusers.is_enabled(shared)
+        shared(**kwargs(), image=image, strength=0.5, num_inference_steps=12, generator=torch.Generator().manual_seed(0))
+        assert cache.model.key_steps == (0, 3) and cache.foreign_calls == 7  # shared: cached, none foreign
+
+
+def _guided_loop(pipe, kwargs, *, separate, steps=8):
+    """A user's loop over a pipeline's denoiser with guidance 5: one batched call per step, or the
+    unconditional and conditional halves in separate calls."""
+    denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(steps)
+    if hasattr(pipe, "unet"):
+        conds = [{"encoder_hidden_states": kwargs["negative_prompt_embeds"]},
+                 {"encoder_hidden_states": kwargs["prompt_embeds"]}]
+        x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    else:
+        conds = [{"class_labels": torch.tensor([10])}, {"class_labels": torch.tensor([3])}]
+        x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    for t in scheduler.timesteps:
+        time = t.reshape(1)
+        if separate:
+            uncond, cond = (denoiser(x, time, **c).sample[:, :4] for c in conds)
+        else:
+            both = {k: torch.cat([conds[0][k], conds[1][k]]) for k in conds[0]}
+            uncond, cond = denoiser(torch.cat([x, x]), time.expand(2), **both).sample[:, :4].chunk(2)
+        x = scheduler.step(uncond + 5.0 * (cond - uncond), t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("name", ["sd", "dit"])
+@torch.no_grad()
+def test_separate_conditional_and_unconditional_calls_keep_separate_streams(name):
+    """Issue #18, item 1: with one cache, the unconditional call decoded the conditional call's
+    features (off by several units). Each conditioning now has its stream: separate calls give what
+    batched guidance gives, up to the model's own batching rounding, which is not bitwise here
+    (a batch of 2 and two of 1 differ by ~1e-6 relative even with every step a key)."""
+    pipe, kwargs = PIPELINES[name]()
+    kwargs = kwargs() if name == "sd" else {}
+    with tiec_diffusers.cached(pipe):
+        exact_gap = (_guided_loop(pipe, kwargs, separate=False) - _guided_loop(pipe, kwargs, separate=True)).abs().max()
+    with tiec_diffusers.cached(pipe, keys=3, policy="linear") as cache:
+        batched = _guided_loop(pipe, kwargs, separate=False)
+        assert len(cache.streams) == 1 and cache.encoder_calls == 3
+    with tiec_diffusers.cached(pipe, keys=3, policy="linear") as cache:
+        separate = _guided_loop(pipe, kwargs, separate=True)
+        assert len(cache.streams) == 2 and cache.encoder_calls == 6 and cache.decoder_calls == 16
+    assert (separate - batched).abs().max() <= 4 * exact_gap + 1e-6
+
+
+def _counting_hook():
+    from accelerate.hooks import ModelHook
+
+    class Counting(ModelHook):  # what offload's hook does first on every call: pre_forward
+        calls = 0
+
+        def pre_forward(self, module, *args, **kwargs):
+            Counting.calls += 1
+            return args, kwargs
+
+    return Counting()
+
+
+@pytest.mark.parametrize("order", ["offload first", "tiec first"])
+@torch.no_grad()
+def test_accelerate_offload_hooks_keep_running_and_survive_their_reinstallation(order):
+    """Issue #18, item 4: model CPU offload's hook moves the UNet to its device in pre_forward; the
+    patch reached the submodules directly, so it never ran, and diffusers' removal and
+    reinstallation of the hooks after each call dropped the patch and broke disable()."""
+    pytest.importorskip("accelerate")
+    from accelerate.hooks import add_hook_to_module, remove_hook_from_module
+
+    pipe, kwargs = PIPELINES["sd"]()
+    reference = images(pipe, kwargs(), steps=6)
+    hook = _counting_hook()
+    if order == "offload first":
+        add_hook_to_module(pipe.unet, hook)
+    cache = tiec_diffusers.enable(pipe, keys=3)
+    if order == "tiec first":
+        add_hook_to_module(pipe.unet, hook)
+    for _ in range(2):
+        before = type(hook).calls
+        fast = images(pipe, kwargs(), steps=6)
+        assert type(hook).calls - before == 6  # the hook ran on every denoiser call
+        remove_hook_from_module(pipe.unet)  # what diffusers does after each call with offload on ...
+        add_hook_to_module(pipe.unet, hook)  # ... and again before the next
+    assert cache.encoder_calls == 2 * 2 and not torch.equal(fast, reference)  # still cached
+    tiec_diffusers.disable(pipe)
+    assert torch.equal(images(pipe, kwargs(), steps=6), reference)
+    remove_hook_from_module(pipe.unet)
+    assert pipe.unet.forward.__func__ is type(pipe.unet).forward  # (accelerate leaves it as an attribute)
+    assert torch.equal(images(pipe, kwargs(), steps=6), reference)
+
+
+@torch.no_grad()
+def test_dpm_solver_sde_with_its_midpoints():
+    """DPM-Solver SDE evaluates midpoints between its steps; every step a key stays exact, sparse
+    keys blend at each midpoint's own log sigma (tests/test_loop.py checks the coordinate)."""
+    from diffusers import DPMSolverSDEScheduler
+
+    pipe, kwargs = PIPELINES["sd"]()
+    pipe.scheduler = DPMSolverSDEScheduler.from_config(ddim().config, noise_sampler_seed=0)
+    reference = images(pipe, kwargs(), steps=4)
+    with tiec_diffusers.cached(pipe, coordinate="log_sigma") as cache:
+        assert torch.equal(images(pipe, kwargs(), steps=4), reference)
+    with tiec_diffusers.cached(pipe, keys=2, coordinate="log_sigma") as cache:
+        fast = images(pipe, kwargs(), steps=4)
+        assert cache.decoder_calls == len(pipe.scheduler.timesteps) and cache.encoder_calls < cache.decoder_calls
+    assert torch.isfinite(fast).all()
