@@ -183,3 +183,41 @@ def test_dpm_solver_sde_with_its_midpoints():
         fast = images(pipe, kwargs(), steps=4)
         assert cache.decoder_calls == len(pipe.scheduler.timesteps) and cache.encoder_calls < cache.decoder_calls
     assert torch.isfinite(fast).all()
+
+
+@torch.no_grad()
+def test_a_peft_lora_fused_and_unfused_around_a_cached_pipeline():
+    """A LoRA on the UNet (diffusers' PEFT backend), fused into the weights and unfused again while
+    the pipeline is cached: every step a key equals the uncached pipeline in each state, and the
+    patch never gets in the way of fusing (it touches forward only, never the weights)."""
+    pytest.importorskip("peft")
+    from peft import LoraConfig
+
+    pipe, kwargs = PIPELINES["sd"]()
+    torch.manual_seed(0)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                     init_lora_weights=False))
+    with_lora = images(pipe, kwargs(), steps=4)
+
+    def cached_then_plain():
+        with tiec_diffusers.cached(pipe) as cache:
+            cached = images(pipe, kwargs(), steps=4)
+            assert cache.encoder_calls == cache.decoder_calls == 4
+        return cached, images(pipe, kwargs(), steps=4)
+
+    cached, plain = cached_then_plain()
+    assert torch.equal(cached, with_lora) and torch.equal(plain, with_lora)
+    tiec_diffusers.enable(pipe, keys=2)
+    pipe.unet.fuse_lora()  # while the pipeline is cached: the patch touches forward, never weights
+    tiec_diffusers.disable(pipe)
+    cached, plain = cached_then_plain()
+    assert torch.equal(cached, plain)
+    torch.testing.assert_close(plain, with_lora, rtol=1e-4, atol=1e-3)  # fusing rounds, nothing more
+    tiec_diffusers.enable(pipe, keys=2)
+    pipe.unet.unfuse_lora()
+    tiec_diffusers.disable(pipe)
+    cached, plain = cached_then_plain()
+    assert torch.equal(cached, plain)
+    with tiec_diffusers.cached(pipe, keys=2) as cache:
+        images(pipe, kwargs(), steps=4)
+        assert cache.encoder_calls == 2
