@@ -45,7 +45,7 @@ def refused(argv, capsys) -> str:
 
 # -- stochastic schedulers ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("scheduler", ["ddpm", "euler-a"])
+@pytest.mark.parametrize("scheduler", ["ddpm", "euler-a", "dpm-sde"])
 def test_a_stochastic_scheduler_gives_the_same_bytes_twice_and_at_any_batch_size(tmp_path, scheduler):
     argv = ["generate", *FAST, "--scheduler", scheduler, "--keys", "all"]
     assert main([*argv, "--out", str(tmp_path / "a")]) == 0  # the MAC-counting and timed runs agree

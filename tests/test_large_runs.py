@@ -60,7 +60,7 @@ STOCHASTIC = ["--class-labels", "0,1,2,3", "--steps", "8", "--batch-size", "2", 
               "--no-count-macs"]
 
 
-@pytest.mark.parametrize("scheduler", ["ddpm", "euler-a"])
+@pytest.mark.parametrize("scheduler", ["ddpm", "euler-a", "dpm-sde"])
 def test_a_stochastic_scheduler_makes_the_same_bytes_with_two_processes(tmp_path, scheduler):
     """Each image's step noise comes from its own generator, so sharding cannot change it."""
     argv = [*STOCHASTIC, "--scheduler", scheduler]
@@ -100,7 +100,14 @@ def single_ddpm(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "euler-a", "ddpm"])
+@pytest.fixture(scope="module")
+def single_dpm_sde(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single-dpm-sde")
+    assert main(["generate", *ARGS, "--scheduler", "dpm-sde", "--keys", "all", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler-a", "ddpm", "dpm-sde"])
 def test_an_interrupted_run_resumes_without_redoing_finished_images(request, tmp_path, scheduler):
     single = request.getfixturevalue("single" if scheduler == "ddim" else f"single_{scheduler.replace('-', '_')}")
     argv = [*ARGS, *([] if scheduler == "ddim" else ["--scheduler", scheduler, "--keys", "all"])]

@@ -10,16 +10,22 @@ from .._lazy import require
 
 __all__ = ["SCHEDULERS", "make_scheduler"]
 
-#: ``--scheduler`` names and the diffusers classes they stand for.
+#: ``--scheduler`` names and the diffusers classes they stand for (``dpm-sde``: DPM-Solver++ with
+#: its SDE variant, ``algorithm_type="sde-dpmsolver++"``, see :data:`OPTIONS`).
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
     "ddpm": "DDPMScheduler",
     "dpm": "DPMSolverMultistepScheduler",
+    "dpm-sde": "DPMSolverMultistepScheduler",
     "euler": "EulerDiscreteScheduler",
     "euler-a": "EulerAncestralDiscreteScheduler",
     "heun": "HeunDiscreteScheduler",
     "unipc": "UniPCMultistepScheduler",
 }
+
+
+#: Config entries a ``--scheduler`` name sets over the pipeline's own.
+OPTIONS: dict[str, dict[str, Any]] = {"dpm-sde": {"algorithm_type": "sde-dpmsolver++"}}
 
 
 def make_scheduler(kind: str, config: Mapping[str, Any]) -> Any:
@@ -31,8 +37,10 @@ def make_scheduler(kind: str, config: Mapping[str, Any]) -> Any:
     Examples:
         >>> make_scheduler("ddim", {"num_train_timesteps": 1000, "clip_sample": False}).config.clip_sample
         False
+        >>> make_scheduler("dpm-sde", {}).config.algorithm_type
+        'sde-dpmsolver++'
     """
     if kind not in SCHEDULERS:
         raise TiecValueError(f"scheduler {kind!r} is unknown; expected one of {sorted(SCHEDULERS)}")
     diffusers = require("diffusers", "diffusers")
-    return getattr(diffusers, SCHEDULERS[kind]).from_config(dict(config))
+    return getattr(diffusers, SCHEDULERS[kind]).from_config({**dict(config), **OPTIONS.get(kind, {})})

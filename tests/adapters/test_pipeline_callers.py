@@ -221,3 +221,43 @@ def test_a_peft_lora_fused_and_unfused_around_a_cached_pipeline():
     with tiec_diffusers.cached(pipe, keys=2) as cache:
         images(pipe, kwargs(), steps=4)
         assert cache.encoder_calls == 2
+
+
+def _img2img_style(name):
+    """(pipeline, call keywords) of each img2img-style pipeline, built from a tiny pipeline's parts."""
+    import diffusers
+
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    if name == "sd-inpaint":
+        pipe, kwargs = PIPELINES["sd"]()
+        mask = torch.zeros(1, 1, 16, 16)
+        mask[..., 4:12, 4:12] = 1
+        return diffusers.StableDiffusionInpaintPipeline(**pipe.components), dict(
+            kwargs(), image=image, mask_image=mask, strength=0.6, height=16, width=16)
+    if name == "sdxl-refiner":
+        pipe, kwargs = PIPELINES["sdxl"]()
+        return diffusers.StableDiffusionXLImg2ImgPipeline(**pipe.components), dict(
+            kwargs(), image=image, denoising_start=0.4)
+    pipe, kwargs = PIPELINES["controlnet"]()
+    control = kwargs()
+    return diffusers.StableDiffusionControlNetImg2ImgPipeline(**pipe.components), dict(
+        control, image=image, control_image=control["image"], strength=0.6)
+
+
+@pytest.mark.parametrize("name", ["sd-inpaint", "sdxl-refiner", "controlnet-img2img"])
+@torch.no_grad()
+def test_every_img2img_style_pipeline_counts_its_run_steps(name):
+    pipe, call = _img2img_style(name)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        return pipe(**call, num_inference_steps=10, generator=torch.Generator().manual_seed(0)).images
+
+    reference = run()
+    with tiec_diffusers.cached(pipe):
+        assert torch.equal(run(), reference)
+    with tiec_diffusers.cached(pipe, keys="every:3") as cache:
+        run()
+        steps = cache.decoder_calls
+        assert 3 < steps < 10  # the call ran the tail of the schedule only
+        assert cache.model.key_steps == tuple(range(0, steps, 3)) and cache.encoder_calls == len(range(0, steps, 3))

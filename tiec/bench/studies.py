@@ -1,7 +1,7 @@
 """``tiec bench --study``: two measurements beside the benchmark grid, on a demo model.
 
-``stochastic``: does caching survive a sampler that draws new noise every step? DDPM and Euler
-ancestral add fresh noise at every step. The encoder sees it only at key steps; a
+``stochastic``: does caching survive a sampler that draws new noise every step? DDPM, Euler
+ancestral (50 steps) and DPM-Solver++ SDE (20 steps) add fresh noise at every step. The encoder sees it only at key steps; a
 non-key step decodes features of an earlier latent, so the model's prediction cannot remove noise
 added since the last key. This measures, on a demo model, each stochastic scheduler with keys every
 2, 3 and 5 steps under every blend policy, against the same scheduler with every step a key (same
@@ -33,7 +33,7 @@ from .report import machine
 __all__ = ["SCHEDULERS", "STUDIES", "bench_monitor", "bench_stochastic", "markdown_table", "write_study"]
 
 #: The stochastic ``--scheduler`` names measured, and their step counts.
-SCHEDULERS = {"euler-a": 50, "ddpm": 50}
+SCHEDULERS = {"euler-a": 50, "ddpm": 50, "dpm-sde": 20}
 KEYS = ("every:2", "every:3", "every:5")
 POLICIES = ("hold", "linear", "polynomial(2)")
 
