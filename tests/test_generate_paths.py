@@ -222,3 +222,16 @@ def test_the_help_names_the_defaults_that_apply(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--keys KEYS key steps" in text and "the calibrated configuration shipped for its sampler" in text
     assert "(default every:3)" not in text  # the calibrated configuration comes first on a demo model
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(encoder_blocks=99), "--encoder-blocks 99: must be an int in [1, 8]"),
+    (dict(decoder_start=1), "sets a split depth of the other architecture: --decoder-start does not apply"),
+])
+def test_a_configuration_with_a_split_depth_that_does_not_fit(tmp_path, capsys, fields, message):
+    from tiec import TiecConfig
+
+    path = TiecConfig(keys="0,3", steps=6, **fields).save(tmp_path / "config.json")
+    err = refused(["generate", *FAST, "--config", str(path), "--out", str(tmp_path / "out")], capsys)
+    assert message in err
+    assert ("other architecture" in err) == ("decoder_start" in fields)

@@ -235,7 +235,8 @@ def generate(options: GenerateOptions) -> Optional[dict]:
                        seed=options.seed, device=device, dtype=options.dtype,
                        progress=not options.quiet and state.is_main_process)
     except UsageError as error:
-        if options.config and str(error).startswith(("--encoder-blocks", "--decoder-start")):
+        if options.config and str(error).startswith(("--encoder-blocks does not apply",
+                                                      "--decoder-start does not apply")):
             raise UsageError(f"--config {str(options.config)!r} sets a split depth of the other architecture: "
                              f"{error}") from None
         raise
