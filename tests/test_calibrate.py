@@ -87,11 +87,21 @@ def test_the_calibrated_config_runs_in_generate(quick, tmp_path):
                  "--class-labels", "1", "--quiet", "--no-count-macs", "--out", str(tmp_path)]) == 0
 
 
-def test_bad_calibration_input(capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--budget", "1.5"], "--budget 1.5 is not a MAC ratio in (0, 1]"),
+    (["--budget", "nan"], "--budget nan is not a MAC ratio in (0, 1]"),
+    (["--time-budget", "nan"], "--time-budget nan must be a positive number of seconds"),
+    (["--time-budget", "0"], "--time-budget 0.0 must be a positive number of seconds"),
+    (["--out", ""], "--out '' is empty"),
+])
+def test_bad_calibration_input(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        main(["calibrate", "--budget", "1.5", "--quiet"])
+        main(["calibrate", "--quiet", *argv])
     assert exit_info.value.code == 2
-    assert "--budget 1.5 is not a MAC ratio in (0, 1]" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 # --- diffusers pipelines saved in a folder ---------------------------------------------------------

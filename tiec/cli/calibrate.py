@@ -62,6 +62,8 @@ def _check(args: argparse.Namespace) -> None:
     for name in ("calibration", "held_out", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not (math.isfinite(args.time_budget) and args.time_budget > 0):
+        raise UsageError(f"--time-budget {args.time_budget} must be a positive number of seconds, e.g. 1800")
     if args.steps is not None and args.steps < 2:
         raise UsageError(f"--steps must be >= 2, got {args.steps}")
     check_device(args.device)
