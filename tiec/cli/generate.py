@@ -89,8 +89,10 @@ def _count(n: int, noun: str) -> str:
 def summary(record: dict, out: Path, seconds: float) -> str:
     """The lines ``tiec generate`` prints after a run that took ``seconds`` in all."""
     images = _count(record["num_images"], "image")
-    caching = f"keys {record['keys']} (steps {','.join(map(str, record['key_steps']))}), {record['policy']}, " \
-              f"coordinate {record['coordinate']}" + (f", from {record['config']}" if record["config"] else "")
+    steps = ",".join(map(str, record["key_steps"]))
+    keys = record["keys"] if record["keys"] == steps else f"{record['keys']} (steps {steps})"
+    caching = f"keys {keys}, {record['policy']}, coordinate {record['coordinate']}" + (
+        f", from {record['config']}" if record["config"] else "")
     if record.get("already_done"):
         return "\n".join([f"nothing to do: the {images} in {out} were made by an earlier run of this command "
                           "(its record.json is kept)", caching])
