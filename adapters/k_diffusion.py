@@ -31,7 +31,7 @@ from tiec.blend import Features
 from tiec.cached_model import CachedModel
 from tiec.config import ConfigLike, merge_config
 from tiec.policies import Linear, PolicyLike
-from tiec.protocol import Split
+from tiec.protocol import Split, fresh_features
 from tiec.schedules import KeysLike
 from tiec.streams import CacheStreams
 
@@ -60,6 +60,13 @@ class _Renamed:
 
     def decode(self, features: Features, t: Any, **cond: Any) -> torch.Tensor:
         return self.split.decode(features, t, **self._kwargs(cond))
+
+    @property
+    def fresh_features(self) -> int:
+        return fresh_features(self.split)
+
+    def refresh(self, x: torch.Tensor, t: Any, **cond: Any) -> Features:
+        return self.split.refresh(x, t, **self._kwargs(cond))
 
 
 class KDiffusionDenoiser(torch.nn.Module):

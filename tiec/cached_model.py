@@ -17,7 +17,7 @@ from ._errors import TiecTypeError, TiecValueError
 from .blend import Features, relative_error
 from .cache import EncoderCache
 from .policies import Linear, Lookahead, PolicyLike, get_policy
-from .protocol import Split
+from .protocol import Split, cached_part, with_fresh
 from .schedules import KeysLike, get_schedule
 
 __all__ = ["CachedModel"]
@@ -258,12 +258,13 @@ class CachedModel:
         tau = self._tau(time, position)
         if is_key or len(self.cache) == 0:
             features: Features = self.split.encode(x, t, **cond)
-            if self._monitored() and len(self.cache) and self.cache.accepts(features):
-                self.key_errors[math.floor(position)] = relative_error(self.cache.get(tau), features)
-            self._push(tau, features)
+            cached = cached_part(self.split, features)
+            if self._monitored() and len(self.cache) and self.cache.accepts(cached):
+                self.key_errors[math.floor(position)] = relative_error(self.cache.get(tau), cached)
+            self._push(tau, cached)
             self.encoder_calls += 1
         else:
-            features = self.cache.get(tau)
+            features = with_fresh(self.split, self.cache.get(tau), x, t, cond)
         output = self.split.decode(features, t, **cond)
         self.decoder_calls += 1
         if fresh:

@@ -42,6 +42,8 @@ class TiecConfig:
         coordinate: the time coordinate (``"auto"``, ``"t"``, ``"log_sigma"``, ``"step"``).
         encoder_blocks: DiT split depth (blocks in the encoder); ``None``: the caller's default.
         decoder_start: UNet split depth (first up block the decoder runs); ``None``: the default.
+        branch_depth: UNet shallow branch (outermost layers recomputed every step, DeepCache's
+            topology) instead of ``decoder_start``; ``None``: no branch.
         steps: the step count the configuration was chosen for (``None``: any); ``tiec generate``
             refuses it at another step count.
         scheduler: the sampler it was chosen for, a ``--scheduler`` name such as ``"ddim"`` or
@@ -61,6 +63,7 @@ class TiecConfig:
     coordinate: str = "auto"
     encoder_blocks: Optional[int] = None
     decoder_start: Optional[int] = None
+    branch_depth: Optional[int] = None
     steps: Optional[int] = None
     scheduler: Optional[str] = None
     provenance: dict = field(default_factory=dict, compare=False)
@@ -72,10 +75,15 @@ class TiecConfig:
         get_policy(self.policy)
         if self.coordinate not in COORDINATES:
             raise TiecValueError(f"coordinate {self.coordinate!r} is unknown; expected one of {COORDINATES}")
-        for name in ("encoder_blocks", "decoder_start", "steps"):
+        for name in ("encoder_blocks", "decoder_start", "branch_depth", "steps"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise TiecValueError(f"{name} must be a non-negative int or null, got {value!r}")
+        if self.branch_depth is not None and (self.branch_depth < 1 or self.decoder_start):
+            raise TiecValueError(
+                f"branch_depth must be >= 1 and comes instead of decoder_start, got branch_depth={self.branch_depth}, "
+                f"decoder_start={self.decoder_start}"
+            )
         if self.steps is not None:
             get_schedule(self.keys).key_steps(self.steps)
         if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler):

@@ -8,7 +8,7 @@ import torch
 
 from ._errors import TiecTypeError, TiecValueError
 from .blend import Features
-from .protocol import Split, decode_batch
+from .protocol import Split, decode_batch, fresh_features
 
 __all__ = ["ClassifierFreeGuidance"]
 
@@ -121,6 +121,16 @@ class ClassifierFreeGuidance:
     def decode(self, features: Features, t: Any, **cond: Any) -> torch.Tensor:
         t, paired = self._inputs(t, cond)
         return self.combine(self.split.decode(features, t, **paired))
+
+    @property
+    def fresh_features(self) -> int:
+        """The wrapped split's count of features recomputed every step (see :class:`tiec.Split`)."""
+        return fresh_features(self.split)
+
+    def refresh(self, x: torch.Tensor, t: Any, **cond: Any) -> Features:
+        """The wrapped split's shallow branch on both halves (see :class:`tiec.Split`)."""
+        t, paired = self._inputs(t, cond)
+        return self.split.refresh(torch.cat([x, x]), t, **paired)
 
     def decode_batch(
         self, features_seq: Sequence[Features], times: Sequence[Any], **cond: Any

@@ -23,7 +23,7 @@ from .guidance import ClassifierFreeGuidance
 from .lookahead import model_input_scale, predict_latent
 from .policies import Linear, Lookahead, PolicyLike
 from .progress import progress_bar
-from .protocol import Split, decode_batch
+from .protocol import Split, cached_part, decode_batch, fresh_features, with_fresh
 from .schedules import KeysLike, get_schedule
 
 __all__ = ["KEY_ERROR_WARNING", "sample", "SampleResult", "StepInfo", "NoiseInjection"]
@@ -225,6 +225,11 @@ def sample(
         split = ClassifierFreeGuidance(split, guidance, uncond, guided_channels=guided_channels)
     elif uncond is not None:
         raise TiecValueError("uncond was given without `guidance`; pass guidance=<scale>")
+    if parallel_decode and fresh_features(split):
+        raise TiecValueError(
+            f"parallel_decode=True needs a decoder that reads only cached features; {split!r} recomputes "
+            "a shallow branch from each step's input, so its steps decode one by one (parallel_decode=False)"
+        )
 
     if num_inference_steps is not None:
         scheduler.set_timesteps(num_inference_steps)
@@ -271,7 +276,7 @@ def sample(
             return 0  # no step between the keys to blend for
         x_hat = predict_latent(scheduler, x_key, output, sigmas[i], sigmas[target])
         x_hat_in = x_hat * model_input_scale(scheduler, sigmas[target])
-        cache.push(taus[target], split.encode(x_hat_in, timesteps[target], **cond))
+        cache.push(taus[target], cached_part(split, split.encode(x_hat_in, timesteps[target], **cond)))
         return 1
 
     label = progress if isinstance(progress, str) else "tiec"
@@ -282,12 +287,14 @@ def sample(
             x_in = scale_model_input(x, t)
             if i in key_set:
                 if lookahead is not None and lookahead.accept and cache.times[-1:] == (taus[i],):
-                    features = cache.get(taus[i])  # the predicted key, stored when the last key ran
+                    # the predicted key, stored when the last key ran
+                    features = with_fresh(split, cache.get(taus[i]), x_in, t, cond)
                 else:
                     features = split.encode(x_in, t, **cond)
-                    if monitor and len(cache) and cache.accepts(features):  # what the blend would give
-                        key_errors[i] = relative_error(cache.get(taus[i]), features)
-                    cache.push(taus[i], features)
+                    cached = cached_part(split, features)
+                    if monitor and len(cache) and cache.accepts(cached):  # what the blend would give
+                        key_errors[i] = relative_error(cache.get(taus[i]), cached)
+                    cache.push(taus[i], cached)
                     encoder_calls += 1
                 output = split.decode(features, t, **cond)
                 decoder_calls += 1
@@ -302,9 +309,10 @@ def sample(
             while end < num_steps and end not in key_set and end - i < limit:
                 end += 1
             segment = range(i, end)
-            outputs = decode_batch(
-                split, [cache.get(taus[j]) for j in segment], [timesteps[j] for j in segment], cond
-            )
+            blended = [cache.get(taus[j]) for j in segment]
+            if len(segment) == 1:  # a shallow branch, if any, is recomputed from this step's input
+                blended = [with_fresh(split, blended[0], x_in, t, cond)]
+            outputs = decode_batch(split, blended, [timesteps[j] for j in segment], cond)
             decoder_calls += 1
             for j, output in zip(segment, outputs):
                 if j != i:  # keep the scheduler's own bookkeeping identical to the plain loop

@@ -12,6 +12,14 @@ Calling conventions every split must accept:
 * ``cond``: keyword conditioning (text embeddings, class labels, ...). Tensors in it carry the batch
   in dim 0 (or broadcast over it); nested dicts (``added_cond_kwargs``) are allowed.
 * ``features``: a flat tuple of floating-point tensors, batch in dim 0.
+
+A split may recompute a *shallow branch* at every step (the UNet's outermost layers, as in
+DeepCache): then its features end with ``fresh_features`` tensors computed from the current input,
+and it defines ``refresh(x, t, **cond)`` returning just those, equal to ``encode(x, t, **cond)``'s
+last ``fresh_features`` entries. Only the leading entries are cached and blended; at a non-key step
+the decoder reads the blended leading entries followed by ``refresh``'s fresh ones
+(:func:`cached_part`, :func:`with_fresh`). Such a decoder reads each step's own input, so its
+non-key steps cannot be decoded in one batch.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import torch
 from ._errors import TiecValueError
 from .blend import Features
 
-__all__ = ["Split", "decode_batch", "repeat_batch"]
+__all__ = ["Split", "cached_part", "decode_batch", "fresh_features", "repeat_batch", "with_fresh"]
 
 
 @runtime_checkable
@@ -43,6 +51,57 @@ class Split(Protocol):
     def decode(self, features: Features, t: Any, **cond: Any) -> torch.Tensor:
         """Run the decoder on ``features`` at time ``t``; return the model output."""
         ...
+
+
+def fresh_features(split: Any) -> int:
+    """How many trailing features ``split`` recomputes at every step (its ``fresh_features``; 0
+    for a split without a shallow branch).
+
+    Examples:
+        >>> class Plain:
+        ...     def encode(self, x, t): return (x,)
+        ...     def decode(self, features, t): return features[0]
+        >>> fresh_features(Plain())
+        0
+    """
+    count = getattr(split, "fresh_features", 0)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise TiecValueError(
+            f"{type(split).__name__}.fresh_features must be an int >= 0 (the trailing features "
+            f"recomputed every step), got {count!r}"
+        )
+    if count and not callable(getattr(split, "refresh", None)):
+        raise TiecValueError(
+            f"{type(split).__name__} has fresh_features={count} but no refresh(x, t, **cond) to compute them"
+        )
+    return count
+
+
+def cached_part(split: Any, features: Features) -> Features:
+    """The entries of ``features`` a cache stores: all but the split's fresh trailing ones."""
+    count = fresh_features(split)
+    if not count:
+        return features
+    if len(features) <= count:
+        raise TiecValueError(
+            f"{type(split).__name__}.encode returned {len(features)} features, but fresh_features={count} "
+            "leaves none to cache"
+        )
+    return features[:-count]
+
+
+def with_fresh(split: Any, cached: Features, x: torch.Tensor, t: Any, cond: Mapping[str, Any]) -> Features:
+    """The decoder's input at a non-key step: ``cached`` (blended) features, then the split's fresh
+    ones computed from this step's ``x`` (``cached`` itself for a split without a shallow branch)."""
+    count = fresh_features(split)
+    if not count:
+        return cached
+    fresh = tuple(split.refresh(x, t, **cond))
+    if len(fresh) != count:
+        raise TiecValueError(
+            f"{type(split).__name__}.refresh returned {len(fresh)} features, expected fresh_features={count}"
+        )
+    return (*cached, *fresh)
 
 
 def repeat_batch(value: Any, batch: int, repeats: int) -> Any:
@@ -106,6 +165,11 @@ def decode_batch(
         )
     if not features_seq:
         return []
+    if fresh_features(split) and len(features_seq) > 1:
+        raise TiecValueError(
+            f"{type(split).__name__} recomputes a shallow branch from each step's input, so its steps "
+            "cannot be decoded in one batch; decode them one by one (parallel_decode=False)"
+        )
     own = getattr(split, "decode_batch", None)
     if callable(own):
         return list(own(features_seq, times, **cond))

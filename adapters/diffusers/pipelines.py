@@ -133,11 +133,17 @@ class PipelineCache:
     """
 
     def __init__(self, pipe: Any, *, keys: KeysLike, policy: PolicyLike, coordinate: str,
-                 decoder_start: int, encoder_blocks: Optional[int], check_finite: bool) -> None:
+                 decoder_start: int, encoder_blocks: Optional[int], check_finite: bool,
+                 branch_depth: Optional[int] = None) -> None:
         self._pipe = weakref.ref(pipe)
         self.denoiser_name, self.denoiser = _denoiser(pipe)
         if self.denoiser_name == "unet":
-            split: Any = UNet2DConditionSplit(self.denoiser, decoder_start=decoder_start)
+            split: Any = UNet2DConditionSplit(self.denoiser, decoder_start=decoder_start, branch_depth=branch_depth)
+        elif branch_depth is not None:
+            raise TiecValueError(
+                f"branch_depth={branch_depth} is a UNet split (a shallow branch recomputed every step); "
+                f"this pipeline's denoiser is a {type(self.denoiser).__name__}: use encoder_blocks"
+            )
         else:
             split = DiTSplit(self.denoiser, encoder_blocks=encoder_blocks)
         if coordinate not in ("t", "step", "log_sigma"):
@@ -294,6 +300,7 @@ def enable(
     coordinate: Optional[str] = None,
     decoder_start: Optional[int] = None,
     encoder_blocks: Optional[int] = None,
+    branch_depth: Optional[int] = None,
     config: Optional[ConfigLike] = None,
     check_finite: bool = False,
 ) -> PipelineCache:
@@ -309,6 +316,9 @@ def enable(
             (σ from the scheduler's ``alphas_cumprod``; ``"auto"`` means the same).
         decoder_start: UNet only: the first up block the decoder runs (``None``: 0).
         encoder_blocks: DiT only: blocks in the encoder (``None``: half the depth).
+        branch_depth: UNet only, instead of ``decoder_start``: recompute this many outermost
+            layers every step and cache only the deep feature between them (DeepCache's topology;
+            ``1`` is the finest cut). See :class:`UNet2DConditionSplit`.
         config: a :class:`tiec.TiecConfig` or the path of its JSON file, giving keys, policy,
             coordinate and split depth; then leave those unset.
         check_finite: reject non-finite encoder features.
@@ -327,11 +337,12 @@ def enable(
         >>> # tiec_diffusers.enable(pipe, config="calibrated.json")
     """
     options = merge_config(config, keys=keys, policy=policy, coordinate=coordinate, decoder_start=decoder_start,
-                           encoder_blocks=encoder_blocks)
+                           encoder_blocks=encoder_blocks, branch_depth=branch_depth)
     keys, policy = options["keys"], Linear() if options["policy"] is None else options["policy"]
     coordinate = {None: "t", "auto": "log_sigma"}.get(options["coordinate"], options["coordinate"])
     decoder_start = options["decoder_start"] or 0
     encoder_blocks = options["encoder_blocks"]
+    branch_depth = options["branch_depth"]
     _, denoiser = _denoiser(pipe)
     if denoiser in _PATCHES:
         other = _PATCHES[denoiser]._pipe()
@@ -348,7 +359,7 @@ def enable(
     if not hasattr(pipe, "scheduler"):
         raise TiecTypeError(f"pipe must have a scheduler, got {type(pipe).__name__} without one")
     state = PipelineCache(pipe, keys=keys, policy=policy, coordinate=coordinate, decoder_start=decoder_start,
-                          encoder_blocks=encoder_blocks, check_finite=check_finite)
+                          encoder_blocks=encoder_blocks, check_finite=check_finite, branch_depth=branch_depth)
     _PATCHES[denoiser] = state
     return state
 

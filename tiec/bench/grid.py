@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from .._errors import TiecValueError
 
-__all__ = ["GUIDANCE", "PARTS", "SAMPLERS", "Method", "config_method", "fewer_steps", "method_grid", "part_filter",
+__all__ = ["BRANCH_CUTS", "GUIDANCE", "PARTS", "SAMPLERS", "Method", "branch_methods", "config_method", "fewer_steps", "method_grid", "part_filter",
            "peer_methods"]
 
 #: ``--sampler`` name: (scheduler name, reference step count, FasterDiffusion preset).
@@ -40,6 +40,7 @@ class Method:
     quality: bool = True  # False: a wall-time row (its images equal another row's)
     coordinate: str = "auto"
     depth: Optional[int] = None  # split depth: DiT encoder blocks / UNet decoder start (None: the default)
+    branch_depth: Optional[int] = None  # UNet shallow branch (instead of depth)
 
 
 def config_method(config: Any, steps: int, label: str) -> Method:
@@ -49,7 +50,7 @@ def config_method(config: Any, steps: int, label: str) -> Method:
     loaded = load_config(config)
     depth = loaded.encoder_blocks if loaded.encoder_blocks is not None else loaded.decoder_start
     return Method(f"configured ({label}): keys {loaded.keys}, {loaded.policy}", "configured", steps, loaded.keys,
-                  loaded.policy, coordinate=loaded.coordinate, depth=depth)
+                  loaded.policy, coordinate=loaded.coordinate, depth=depth, branch_depth=loaded.branch_depth)
 
 
 def method_grid(sampler: str, *, model: str, quick: bool = False) -> list[Method]:
@@ -70,14 +71,34 @@ def method_grid(sampler: str, *, model: str, quick: bool = False) -> list[Method
                                   "noise injection", family, steps, "every:3", policy, noise_injection=True))
     methods.append(Method("TIEC linear, keys every:3, parallel decoding", "tiec", steps, "every:3", "linear",
                           parallel_decode=True, quality=False))
+    if model == "unet-digits":
+        methods += branch_methods(steps, quick=quick)
     methods += peer_methods(model, steps, quick=quick)
     return methods
+
+
+#: The demo UNet's shallow-branch cuts: ``conv_in`` and the last up layer (the finest), and the
+#: whole outermost block each side (``conv_in`` and down block 0's layer; up block 1).
+BRANCH_CUTS = {1: "finest cut", 2: "block cut"}
+
+
+def branch_methods(steps: int, *, quick: bool = False) -> list[Method]:
+    """The UNet shallow-branch rows: each cut with ``hold`` (DeepCache's rule), ``linear`` and
+    ``lookahead-accept`` on keys every 2, 3 and 5 steps. ``linear`` blends over the step index and
+    the lookahead over log σ, the coordinates each measured best on this UNet
+    (docs/choosing-keys.md)."""
+    key_sets = ["every:3"] if quick else ["every:2", "every:3", "every:5"]
+    policies = ["hold", "linear"] if quick else ["hold", "linear", "lookahead-accept"]
+    return [Method(f"TIEC branch {depth} ({cut}) {policy}, keys {keys}", "branch", steps, keys, policy,
+                   branch_depth=depth, coordinate="auto" if policy.startswith("lookahead") else "step")
+            for depth, cut in BRANCH_CUTS.items() for keys in key_sets for policy in policies]
 
 
 def fewer_steps(methods_macs: Sequence[tuple[Method, int]], reference_macs: int, steps: int) -> list[Method]:
     """The same sampler with ``round(steps · macs / reference_macs)`` steps for each cached run's MACs."""
     counts = sorted({max(1, round(steps * macs / reference_macs)) for method, macs in methods_macs
-                     if method.family in ("fasterdiffusion", "tiec", "configured", "peer") and method.quality})
+                     if method.family in ("fasterdiffusion", "tiec", "branch", "configured", "peer")
+                     and method.quality})
     return [Method(f"fewer steps: {n}", "fewer-steps", n) for n in counts if n < steps]
 
 
@@ -107,7 +128,7 @@ def peer_methods(model: str, steps: int, *, quick: bool = False) -> list[Method]
 
 #: ``--part`` names and the families each runs (the reference row is in every part).
 PARTS = {"fasterdiffusion": "fasterdiffusion", "tiec": "tiec", "configured": "configured", "peers": "peer",
-         "fewer-steps": "fewer-steps"}
+         "fewer-steps": "fewer-steps", "branch": "branch"}
 
 
 def part_filter(part: str, grid: Sequence[Method]) -> Callable[[Method], bool]:

@@ -93,7 +93,8 @@ def markdown_table(results: dict) -> str:
 
 
 FAMILY_STYLE = {"reference": ("k", "*"), "fewer-steps": ("tab:gray", "o"), "fasterdiffusion": ("tab:orange", "s"),
-                "tiec": ("tab:blue", "^"), "configured": ("tab:red", "P"), "peer": ("tab:green", "D")}
+                "tiec": ("tab:blue", "^"), "branch": ("tab:purple", "v"), "configured": ("tab:red", "P"),
+                "peer": ("tab:green", "D")}
 
 
 def plot(results: dict, path: Path) -> None:

@@ -54,6 +54,7 @@ class _Row:
         row.update(name=self.method.name, family=self.method.family, steps=self.method.steps,
                    keys=self.method.keys, policy=self.method.policy if self.method.peer is None else None,
                    coordinate=self.method.coordinate, split_depth=self.method.depth,
+                   branch_depth=self.method.branch_depth,
                    noise_injection=self.method.noise_injection, parallel_decode=self.method.parallel_decode,
                    peer=self.method.peer, peer_options=dict(self.method.peer_options))
         if self.seconds:
@@ -90,7 +91,8 @@ class DemoRunner:
         result = sample_digits(self.demo, labels, steps=method.steps, scheduler=self.scheduler_name,
                                keys=method.keys, policy=method.policy, guidance_scale=GUIDANCE, seeds=seeds,
                                parallel_decode=method.parallel_decode, noise_injection=method.noise_injection,
-                               coordinate=method.coordinate, encoder_blocks=method.depth)
+                               coordinate=method.coordinate, encoder_blocks=method.depth,
+                               branch_depth=method.branch_depth)
         return to_unit(result.sample).cpu(), result.encoder_calls, result.decoder_calls, list(result.key_errors.values())
 
     @torch.no_grad()

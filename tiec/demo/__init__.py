@@ -78,6 +78,16 @@ class ClassTokenSplit:
     def decode(self, features: Any, t: Any, *, class_labels: torch.Tensor) -> torch.Tensor:
         return self.split.decode(features, t, encoder_hidden_states=self._context(class_labels))
 
+    @property
+    def fresh_features(self) -> int:
+        return self.split.fresh_features
+
+    def refresh(self, x: torch.Tensor, t: Any, *, class_labels: torch.Tensor) -> Any:
+        return self.split.refresh(x, t, encoder_hidden_states=self._context(class_labels))
+
+    def __repr__(self) -> str:
+        return f"ClassTokenSplit({self.split!r})"
+
 
 @dataclass
 class DemoUNet(DemoDiT):
@@ -85,12 +95,15 @@ class DemoUNet(DemoDiT):
 
     tokens: Optional[torch.nn.Embedding] = None
 
-    def split(self, decoder_start: Optional[int] = None) -> Any:  # type: ignore[override]
-        """A class-label split over :class:`tiec.adapters.diffusers.UNet2DConditionSplit`."""
+    def split(self, decoder_start: Optional[int] = None, branch_depth: Optional[int] = None  # type: ignore[override]
+              ) -> Any:
+        """A class-label split over :class:`tiec.adapters.diffusers.UNet2DConditionSplit`: a
+        decoder from up block ``decoder_start``, or a shallow branch of ``branch_depth`` layers."""
         from ..adapters.diffusers import UNet2DConditionSplit
 
         assert self.tokens is not None
-        return ClassTokenSplit(UNet2DConditionSplit(self.transformer, decoder_start=decoder_start or 0), self.tokens)
+        split = UNet2DConditionSplit(self.transformer, decoder_start=decoder_start or 0, branch_depth=branch_depth)
+        return ClassTokenSplit(split, self.tokens)
 
 
 def calibrated_config(name: str, scheduler: str = "ddim", steps: int = 50) -> Optional[Path]:

@@ -18,7 +18,8 @@ def sample_digits(demo: Any, labels: Sequence[int], *, steps: int = 50, schedule
                   keys: Any = None, policy: Any = "linear", guidance_scale: float = 1.0,
                   encoder_blocks: Optional[int] = None, parallel_decode: bool = False, seed: int = 0,
                   seeds: Optional[Sequence[int]] = None, progress: bool = False,
-                  coordinate: str = "auto", noise_injection: bool = False) -> SampleResult:
+                  coordinate: str = "auto", noise_injection: bool = False,
+                  branch_depth: Optional[int] = None) -> SampleResult:
     """Sample one image per label from a demo model; the noise of image ``i`` comes from ``seed + i``,
     or from ``seeds[i]`` when given.
 
@@ -27,7 +28,8 @@ def sample_digits(demo: Any, labels: Sequence[int], *, steps: int = 50, schedule
     on the batch it is sampled in, and two runs give the same images.
 
     ``encoder_blocks`` is the split depth: DiT blocks in the encoder, or the UNet's first decoder
-    up block (``None``: the model's default).
+    up block (``None``: the model's default); ``branch_depth`` (UNet only) gives a shallow branch
+    instead (:class:`tiec.adapters.diffusers.UNet2DConditionSplit`).
 
     Returns the :class:`tiec.SampleResult`; its ``sample`` is ``(N, 1, 16, 16)`` in about [-1, 1].
     """
@@ -43,8 +45,14 @@ def sample_digits(demo: Any, labels: Sequence[int], *, steps: int = 50, schedule
     guided = guidance_scale != 1.0
     scheduler_ = demo.scheduler(scheduler)
     stochastic = "generator" in inspect.signature(scheduler_.step).parameters
+    if branch_depth is not None:
+        if not hasattr(demo, "tokens"):
+            raise TiecValueError(f"branch_depth={branch_depth} is a UNet split; this demo model is a DiT")
+        split = demo.split(encoder_blocks, branch_depth=branch_depth)
+    else:
+        split = demo.split(encoder_blocks)
     return sample(
-        demo.split(encoder_blocks), scheduler_, noise, num_inference_steps=steps, keys=keys,
+        split, scheduler_, noise, num_inference_steps=steps, keys=keys,
         step_kwargs={"generator": generators} if stochastic else None,
         policy=policy, coordinate=coordinate, cond={"class_labels": labels_t},
         guidance=guidance_scale if guided else None,
