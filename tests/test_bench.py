@@ -110,6 +110,26 @@ def test_speed_rows_carry_the_mac_bound(monkeypatch):
     assert 0 < timed <= results["seconds"] + 0.05  # the whole run, rounded to 0.1 s
 
 
+def test_speed_rows_of_the_shallow_branch_count_its_refresh_and_report_the_cache(monkeypatch):
+    from tiny_arch import tiny_full_size
+
+    import tiec.bench.speed as speed
+
+    monkeypatch.setattr(speed, "_full_size", tiny_full_size)
+    results = bench_speed("sd15-unet", steps=6, repeats=1, progress=False)
+    rows = {row["name"]: row for row in results["rows"]}
+    deep, branch = rows["TIEC linear, keys every:3"], rows["TIEC branch 1 (finest cut) linear, keys every:3"]
+    assert branch["refresh_calls"] == 4 and deep["refresh_calls"] == 0  # the non-key steps of 6
+    saved = branch["saved_share"]
+    assert 0 < saved < branch["encoder_share"]  # a non-key step still runs conv_in
+    assert branch["mac_bound"] == pytest.approx(1 / (1 - saved * (1 - 2 / 6)))
+    assert deep["saved_share"] == deep["encoder_share"]
+    # The branch caches one deep feature, the deep split every skip: both at the two keys linear keeps.
+    assert 0 < branch["cache_bytes"] < deep["cache_bytes"]
+    assert rows["FasterDiffusion hold, keys every:3"]["cache_bytes"] == deep["cache_bytes"] // 2
+    assert "| cache MB |" in markdown_table(results)
+
+
 def test_bad_bench_input(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--num-samples", "0", "--quiet"])

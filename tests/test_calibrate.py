@@ -146,6 +146,36 @@ def test_pipeline_macs_follow_from_the_encoder_calls_exactly(saved):
     assert evaluator.images(Candidate(tuple(range(6)), "hold", "t", 1), [0])[1] > predicted
 
 
+def test_shallow_branch_candidates_count_their_macs_and_become_configs(saved):
+    """Calibration searches UNet shallow branches beside decoder_start (issue #21): a branch
+    candidate's predicted MACs equal a counted run's, on a pipeline and on the demo UNet."""
+    from tiec.calibrate import Candidate
+    from tiec.calibrate.evaluators import DemoEvaluator, PipelineEvaluator
+    from tiec.flops import count_flops
+
+    evaluator = PipelineEvaluator(saved["sd"], "ddim", 6, prompts=["a red cat"], progress=False)
+    outer = 1 + len(evaluator.job.pipe.unet.down_blocks[0].resnets)  # conv_in and the first block's layers
+    assert evaluator.depths(quick=False)[-2:] == ["branch:1", f"branch:{outer}"]  # finest cut, outermost block
+    candidate = Candidate((0, 3), "linear", "step", "branch:1")
+    _, predicted = evaluator.images(candidate, [0])
+    flops, images = count_flops(evaluator._run, candidate, [0], 6)
+    assert images.encoder_calls == 2 and predicted == flops // 2
+    deep = evaluator.images(Candidate((0, 3), "linear", "step", 0), [0])[1]
+    assert predicted < deep  # a non-key step runs conv_in and the last up layer, not every up block
+    config = candidate.config(6, depth_option="decoder_start")
+    assert config.branch_depth == 1 and config.decoder_start is None
+
+    demo = DemoEvaluator("unet-digits", "ddim", 6)
+    assert demo.depths(quick=False) == [0, 1, "branch:1", "branch:2"]
+    candidate = Candidate((0, 3), "linear", "step", "branch:2")
+    inputs = demo.inputs(2, held_out=False)
+    demo.macs(candidate, 0, 0)  # counts one call of each part, outside the counted run below
+    flops, (_, predicted) = count_flops(demo.images, candidate, inputs)
+    assert predicted == flops // 2 // 2  # MACs per image, of two images
+    with pytest.raises(ValueError, match="a split depth is an int or 'branch:<layers>', got 'deep:1'"):
+        Candidate((0,), "linear", "t", "deep:1").config(6, depth_option="decoder_start")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--prompt", "x"], "--prompt does not apply to the demo model 'dit-digits'"),
     (["--sampler", "euler"], "--sampler 'euler' does not apply to the demo model"),

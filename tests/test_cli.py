@@ -89,6 +89,22 @@ def test_the_demo_unet_with_a_deeper_decoder_in_bfloat16(tmp_path):
     assert all((tmp_path / name).stat().st_size > 0 for name in files)
 
 
+def test_the_demo_unet_with_a_shallow_branch_from_a_config(tmp_path):
+    from tiec import TiecConfig
+
+    config = TiecConfig(keys="every:3", policy="linear", coordinate="step", branch_depth=1, steps=8,
+                        scheduler="dpm").save(tmp_path / "branch.json")
+    out = tmp_path / "run"
+    assert main(["generate", "--model", "unet-digits", "--class-labels", "4,2", "--steps", "8", "--scheduler", "dpm",
+                 "--config", str(config), "--out", str(out), "--quiet", "--compare"]) == 0
+    record = json.loads((out / "record.json").read_text())
+    assert record["branch_depth"] == 1 and record["decoder_start"] is None
+    assert (record["encoder_calls"], record["decoder_calls"]) == (3, 8)
+    assert 0 < record["compare"]["mac_ratio"] < 1 and record["compare"]["psnr_db"] > 20
+    with pytest.raises(ValueError, match="branch_depth must be >= 1 and comes instead of decoder_start"):
+        TiecConfig(keys="every:3", decoder_start=1, branch_depth=1)
+
+
 def test_generate_is_the_default_command(tmp_path):
     assert main(["--steps", "2", "--class-labels", "0", "--out", str(tmp_path), "--quiet", "--no-count-macs"]) == 0
     assert json.loads((tmp_path / "record.json").read_text())["macs"] is None

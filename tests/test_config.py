@@ -77,6 +77,21 @@ def test_pipeline_enable_takes_keys_policy_and_depth_from_a_config():
     assert not tiec_diffusers.is_enabled(pipe)
 
 
+def test_pipeline_enable_takes_a_shallow_branch_from_a_config():
+    import tiec.adapters.diffusers as tiec_diffusers
+
+    pipe, kwargs = tiny_pipelines.sd()
+    config = TiecConfig(keys="every:2", policy="linear", branch_depth=1)
+    assert TiecConfig.from_dict(config.to_dict()) == config
+    with tiec_diffusers.cached(pipe, config=config) as cache:
+        pipe(num_inference_steps=4, **kwargs())
+        assert cache.model.split.branch_depth == 1 and cache.model.split.fresh_features == 1
+        assert (cache.model.encoder_calls, cache.model.decoder_calls) == (2, 4)
+    with pytest.raises(ValueError, match="pass either config or branch_depth"):
+        tiec_diffusers.enable(pipe, config=config, branch_depth=2)
+    assert not tiec_diffusers.is_enabled(pipe)
+
+
 def test_k_diffusion_wrapper_takes_a_config():
     pytest.importorskip("k_diffusion")
     from tiec.adapters.k_diffusion import KDiffusionDenoiser

@@ -95,6 +95,12 @@ def test_rerunning_a_finished_run_keeps_its_record_and_can_add_a_comparison(tmp_
 @pytest.mark.parametrize("argv, message", [
     (["--encoder-blocks", "0"], "--encoder-blocks 0: must be an int in [1, 8]"),
     (["--model", "unet-digits", "--decoder-start", "9"], "--decoder-start 9: must be an int in [0, 2]"),
+    (["--model", "unet-digits", "--branch-depth", "5"], "--branch-depth 5: must be None or an int in [1, 4]"),
+    (["--model", "unet-digits", "--branch-depth", "1", "--decoder-start", "1"],
+     "--branch-depth 1 and --decoder-start 1 are two UNet splits; give one of them"),
+    (["--model", "unet-digits", "--branch-depth", "1", "--parallel-decode"],
+     "--parallel-decode does not apply with --branch-depth 1"),
+    (["--branch-depth", "1"], "--branch-depth does not apply to the demo model 'dit-digits'; use --encoder-blocks"),
     (["--steps", "1001"], "--steps 1001 is more than the model was trained with (1000 timesteps)"),
     (["--keys", ""], "--keys is empty"),
     (["--policy", " "], "--policy is empty"),
@@ -227,6 +233,7 @@ def test_the_help_names_the_defaults_that_apply(capsys):
 @pytest.mark.parametrize("fields, message", [
     (dict(encoder_blocks=99), "--encoder-blocks 99: must be an int in [1, 8]"),
     (dict(decoder_start=1), "sets a split depth of the other architecture: --decoder-start does not apply"),
+    (dict(branch_depth=1), "sets a split depth of the other architecture: --branch-depth does not apply"),
 ])
 def test_a_configuration_with_a_split_depth_that_does_not_fit(tmp_path, capsys, fields, message):
     from tiec import TiecConfig
@@ -234,4 +241,4 @@ def test_a_configuration_with_a_split_depth_that_does_not_fit(tmp_path, capsys, 
     path = TiecConfig(keys="0,3", steps=6, **fields).save(tmp_path / "config.json")
     err = refused(["generate", *FAST, "--config", str(path), "--out", str(tmp_path / "out")], capsys)
     assert message in err
-    assert ("other architecture" in err) == ("decoder_start" in fields)
+    assert ("other architecture" in err) == ("encoder_blocks" not in fields)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .protocol import Split
+from .protocol import Split, fresh_features
 
 __all__ = ["count_flops", "EncoderShare", "encoder_share"]
 
@@ -33,23 +33,35 @@ def count_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[int,
 
 @dataclass(frozen=True)
 class EncoderShare:
-    """Counted FLOPs of one encoder and one decoder call, and the encoder's share of their sum."""
+    """Counted FLOPs of one encoder and one decoder call, and the encoder's share of their sum.
+
+    For a split with a shallow branch (:class:`tiec.Split`'s ``refresh``), ``refresh_flops`` is
+    what a non-key step spends recomputing it: such a step costs ``refresh_flops + decoder_flops``.
+    """
 
     encoder_flops: int
     decoder_flops: int
+    refresh_flops: int = 0
 
     @property
     def share(self) -> float:
+        """The encoder's share of a key step."""
         return self.encoder_flops / (self.encoder_flops + self.decoder_flops)
 
+    @property
+    def saved_share(self) -> float:
+        """The share of a key step that a non-key step saves (``share`` without a shallow branch)."""
+        return (self.encoder_flops - self.refresh_flops) / (self.encoder_flops + self.decoder_flops)
+
     def speedup_bound(self, key_fraction: float) -> float:
-        """``1 / (1 - share * (1 - key_fraction))``: the most caching can save on compute-bound hardware."""
-        return 1.0 / (1.0 - self.share * (1.0 - key_fraction))
+        """``1 / (1 - saved_share * (1 - key_fraction))``: the most caching can save on compute-bound hardware."""
+        return 1.0 / (1.0 - self.saved_share * (1.0 - key_fraction))
 
 
 @torch.no_grad()
 def encoder_share(split: Split, x: torch.Tensor, t: Any, **cond: Any) -> EncoderShare:
-    """Count the FLOPs of ``split.encode`` and ``split.decode`` on one input.
+    """Count the FLOPs of ``split.encode``, ``split.decode`` and (with a shallow branch)
+    ``split.refresh`` on one input.
 
     Examples:
         >>> class Split:
@@ -61,4 +73,5 @@ def encoder_share(split: Split, x: torch.Tensor, t: Any, **cond: Any) -> Encoder
     """
     encoder_flops, features = count_flops(split.encode, x, t, **cond)
     decoder_flops, _ = count_flops(split.decode, features, t, **cond)
-    return EncoderShare(encoder_flops, decoder_flops)
+    refresh_flops = count_flops(split.refresh, x, t, **cond)[0] if fresh_features(split) else 0
+    return EncoderShare(encoder_flops, decoder_flops, refresh_flops)

@@ -86,6 +86,9 @@ class SampleResult:
     """The quality monitor: for each key step after the first whose encoder ran on the real
     latent, ``‖blend − real‖ / ‖real‖`` of the features -- what the cache would have given at that
     step, against what the encoder computed (free: the key's features are computed anyway)."""
+    refresh_calls: int = 0
+    """Decoder calls that recomputed the split's shallow branch from the step's input (the non-key
+    steps of a split with ``refresh``, see :class:`~tiec.Split`; 0 without one)."""
 
     @property
     def key_fraction(self) -> float:
@@ -246,7 +249,8 @@ def sample(
     # as it is.
     x = latents * getattr(scheduler, "init_noise_sigma", 1.0)
     scale_model_input = getattr(scheduler, "scale_model_input", lambda sample, t: sample)
-    encoder_calls = decoder_calls = 0
+    encoder_calls = decoder_calls = refresh_calls = 0
+    has_branch = fresh_features(split) > 0
     key_errors: dict[int, float] = {}
     monitor = len(key_set) < num_steps  # with every step a key nothing is blended: nothing to monitor
 
@@ -289,6 +293,7 @@ def sample(
                 if lookahead is not None and lookahead.accept and cache.times[-1:] == (taus[i],):
                     # the predicted key, stored when the last key ran
                     features = with_fresh(split, cache.get(taus[i]), x_in, t, cond)
+                    refresh_calls += has_branch
                 else:
                     features = split.encode(x_in, t, **cond)
                     cached = cached_part(split, features)
@@ -312,6 +317,7 @@ def sample(
             blended = [cache.get(taus[j]) for j in segment]
             if len(segment) == 1:  # a shallow branch, if any, is recomputed from this step's input
                 blended = [with_fresh(split, blended[0], x_in, t, cond)]
+                refresh_calls += has_branch
             outputs = decode_batch(split, blended, [timesteps[j] for j in segment], cond)
             decoder_calls += 1
             for j, output in zip(segment, outputs):
@@ -321,4 +327,4 @@ def sample(
                 bar.update(1)
             i = end
     return SampleResult(x, key_steps, encoder_calls, decoder_calls, used_coordinate, num_steps,
-                        key_errors)
+                        key_errors, refresh_calls)

@@ -62,13 +62,17 @@ def markdown_table(results: dict) -> str:
     if "arch" in results:
         lines = [f"{results['description']}; DDIM, {results['steps']} steps a run, median (min–max) of "
                  f"{results['repeats']} runs", "",
-                 "| method | encoder/decoder calls | s/step | speed-up | MAC bound | encoder share |",
-                 "|---|---|---|---|---|---|"]
+                 "| method | encoder/decoder calls | s/step | speed-up | MAC bound | of the bound "
+                 "| share a non-key step saves | cache MB |",
+                 "|---|---|---|---|---|---|---|---|"]
         for row in results["rows"]:
+            cache = row.get("cache_bytes")
             lines.append(f"| {row['name']} | {row['encoder_calls']}/{row['decoder_calls']} "
                          f"| {row['seconds_per_step_median']:.3f} ({row['seconds_per_step_min']:.3f}–"
                          f"{row['seconds_per_step_max']:.3f}) | {row['speedup']:.2f}x | {row['mac_bound']:.2f}x "
-                         f"| {row['encoder_share']:.3f} |")
+                         f"| {row['speedup'] / row['mac_bound']:.0%} "
+                         f"| {row.get('saved_share', row['encoder_share']):.3f} "
+                         f"| {_fmt(cache / 2**20 if cache is not None else None, '.1f')} |")
         return "\n".join(lines) + "\n"
     lines = [
         f"{results['model']}, {results['scheduler']} {results['steps']} steps, guidance {results['guidance_scale']}, "

@@ -16,7 +16,7 @@ from ..progress import progress_bar
 from .grid import GUIDANCE, Method
 from .report import machine
 
-__all__ = ["SPEED_ARCHS", "bench_speed", "speed_methods"]
+__all__ = ["SPEED_ARCHS", "bench_speed", "cache_bytes", "speed_methods"]
 
 SPEED_ARCHS = ("sd15-unet", "dit-xl-2")
 
@@ -42,7 +42,12 @@ def _full_size(arch: str) -> tuple[Any, Any, dict, dict, Any, str]:
         ).eval()
         cond = {"encoder_hidden_states": torch.randn(1, 77, 768, generator=g)}
         uncond = {"encoder_hidden_states": torch.randn(1, 77, 768, generator=g)}
-        return (unet, lambda depth: UNet2DConditionSplit(unet, decoder_start=depth or 0), cond, uncond, None,
+        def unet_split(depth: Any) -> Any:
+            if isinstance(depth, str):  # "branch:d", a shallow branch of d layers
+                return UNet2DConditionSplit(unet, branch_depth=int(depth.partition(":")[2]))
+            return UNet2DConditionSplit(unet, decoder_start=depth or 0)
+
+        return (unet, unet_split, cond, uncond, None,
                 f"SD 1.5 UNet ({_millions(unet)} M parameters), 256x256 (32x32 latent), batch 2 (one image, guidance)")
     if arch == "dit-xl-2":
         dit = diffusers.DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4,
@@ -55,6 +60,16 @@ def _full_size(arch: str) -> tuple[Any, Any, dict, dict, Any, str]:
     raise TiecValueError(f"architecture {arch!r} is unknown; expected one of {SPEED_ARCHS}")
 
 
+def cache_bytes(features: Any, split: Any, policy: Any) -> int:
+    """Bytes a cache holds at most for ``features`` (the encoder's output on one input): the
+    cached part (:func:`tiec.protocol.cached_part`) times the keys ``policy`` keeps."""
+    from ..policies import get_policy
+    from ..protocol import cached_part
+
+    per_key = sum(f.numel() * f.element_size() for f in cached_part(split, features))
+    return per_key * get_policy(policy).keys_needed
+
+
 def speed_methods(arch: str) -> list[Method]:
     methods = [Method("reference (every step a key)", "reference", 0)]
     for every in (2, 3, 5):
@@ -64,6 +79,12 @@ def speed_methods(arch: str) -> list[Method]:
                 Method("TIEC lookahead-accept, keys every:3", "tiec", 0, "every:3", "lookahead-accept"),
                 Method("TIEC linear, keys every:3, parallel decoding", "tiec", 0, "every:3", "linear",
                        parallel_decode=True)]
+    if arch == "sd15-unet":  # the shallow branch: the finest cut (conv_in) and the outermost block each side
+        for every in (2, 3, 5):
+            methods.append(Method(f"TIEC branch 1 (finest cut) linear, keys every:{every}", "branch", 0,
+                                  f"every:{every}", "linear", peer_options=(("depth", "branch:1"),)))
+        methods.append(Method("TIEC branch 3 (block cut) linear, keys every:3", "branch", 0, "every:3", "linear",
+                              peer_options=(("depth", "branch:3"),)))
     if arch == "dit-xl-2":
         methods.append(Method("TIEC linear, keys every:3, FasterDiffusion split (18 of 28 blocks)", "tiec", 0,
                               "every:3", "linear", peer_options=(("depth", 18),)))
@@ -86,6 +107,7 @@ def bench_speed(arch: str, *, steps: int = 10, repeats: int = 5, progress: bool 
     noise = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(1))
     rows = []
     shares: dict[Any, Any] = {}
+    features: dict[Any, Any] = {}
     with progress_bar(total=len(speed_methods(arch)) * repeats, enabled=progress, desc=arch) as bar:
         for method in speed_methods(arch):
             depth = dict(method.peer_options).get("depth")
@@ -93,6 +115,7 @@ def bench_speed(arch: str, *, steps: int = 10, repeats: int = 5, progress: bool 
             if depth not in shares:
                 guided = ClassifierFreeGuidance(split, GUIDANCE, uncond)
                 shares[depth] = encoder_share(guided, noise, 999, **cond)
+                features[depth] = guided.encode(noise, 999, **cond)
             seconds = []
             for _ in range(repeats):
                 scheduler = diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1)
@@ -103,13 +126,16 @@ def bench_speed(arch: str, *, steps: int = 10, repeats: int = 5, progress: bool 
                 seconds.append(time.perf_counter() - begin)
                 bar.update(1)
             share = shares[depth]
-            work = result.encoder_calls * share.encoder_flops + steps * share.decoder_flops
+            work = (result.encoder_calls * share.encoder_flops + steps * share.decoder_flops
+                    + result.refresh_calls * share.refresh_flops)
             rows.append(dict(name=method.name, family=method.family, keys=method.keys, policy=method.policy,
                              parallel_decode=method.parallel_decode, split_depth=depth,
                              encoder_calls=result.encoder_calls, decoder_calls=result.decoder_calls,
                              seconds_per_step_median=statistics.median(seconds) / steps,
                              seconds_per_step_min=min(seconds) / steps, seconds_per_step_max=max(seconds) / steps,
-                             encoder_share=share.share,
+                             encoder_share=share.share, saved_share=share.saved_share,
+                             refresh_calls=result.refresh_calls,
+                             cache_bytes=cache_bytes(features[depth], make_split(depth), method.policy),
                              mac_bound=steps * (share.encoder_flops + share.decoder_flops) / work))
     reference = rows[0]["seconds_per_step_median"]
     for row in rows:

@@ -7,30 +7,56 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, Union
 
+from .._errors import TiecValueError
 from ..config import TiecConfig
 
-__all__ = ["Candidate", "best_uniform", "carried", "decibels", "front_of", "neighbours", "pareto_front"]
+__all__ = ["Candidate", "best_uniform", "branch", "carried", "decibels", "front_of", "neighbours", "pareto_front",
+           "split_options"]
+
+Depth = Union[int, str]
+
+
+def branch(depth: int) -> str:
+    """The depth label of a UNet shallow branch of ``depth`` layers: ``"branch:<depth>"``."""
+    return f"branch:{depth}"
+
+
+def split_options(depth: Depth, depth_option: str) -> dict[str, Optional[int]]:
+    """The split keywords of a candidate's depth: ``{depth_option: depth}`` for an int, and
+    ``{"branch_depth": d}`` for a UNet shallow branch ``"branch:d"``.
+
+    Examples:
+        >>> split_options(1, "decoder_start"), split_options("branch:2", "decoder_start")
+        ({'decoder_start': 1}, {'branch_depth': 2})
+    """
+    if isinstance(depth, str):
+        kind, _, value = depth.partition(":")
+        if kind != "branch" or not value.isdigit():
+            raise TiecValueError(f"a split depth is an int or 'branch:<layers>', got {depth!r}")
+        return {"branch_depth": int(value)}
+    return {depth_option: depth}
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One configuration: explicit key steps, policy, time coordinate, split depth."""
+    """One configuration: explicit key steps, policy, time coordinate, split depth (an int for
+    ``encoder_blocks``/``decoder_start``, or ``"branch:<layers>"`` for a UNet shallow branch)."""
 
     keys: tuple[int, ...]
     policy: str
     coordinate: str
-    depth: int
+    depth: Depth
 
     def config(self, steps: int, *, depth_option: str, scheduler: Optional[str] = None,
                **provenance: Any) -> TiecConfig:
         """This candidate as a :class:`TiecConfig` for ``steps`` steps of ``scheduler`` (a
         ``--scheduler`` name; ``None``: a pipeline's own); ``depth_option`` is ``encoder_blocks`` or
-        ``decoder_start``."""
+        ``decoder_start`` (a ``"branch:<layers>"`` depth sets ``branch_depth`` instead)."""
         return TiecConfig(keys=",".join(map(str, self.keys)), policy=self.policy, coordinate=self.coordinate,
                           steps=steps, scheduler=scheduler, provenance=dict(provenance),
-                          **{depth_option: self.depth})
+                          **split_options(self.depth, depth_option))
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .candidates import Candidate
+from .candidates import Candidate, branch, split_options
 
 __all__ = ["GUIDANCE", "DemoEvaluator", "PipelineEvaluator", "dit_depths"]
 
@@ -52,11 +52,12 @@ class DemoEvaluator:
         self.unit_macs: dict[int, tuple[int, int]] = {}
         self.evaluations = 0
 
-    def depths(self, quick: bool) -> list[int]:
-        """Split depths to search (quick: the model's default only)."""
+    def depths(self, quick: bool) -> list[Any]:
+        """Split depths to search (quick: the model's default only): DiT blocks in the encoder; for
+        the UNet the decoder from up block 0 or 1, and shallow branches of 1 and 2 layers."""
         if self.model == "dit-digits":
             return dit_depths(len(self.demo.transformer.transformer_blocks), quick)
-        return [0] if quick else [0, 1]
+        return [0] if quick else [0, 1, branch(1), branch(2)]
 
     def inputs(self, count: int, *, held_out: bool) -> tuple[list[int], list[int]]:
         """Calibration: labels cycling 0-9, seeds ``0..count-1``; held out: labels shifted by 3,
@@ -65,19 +66,20 @@ class DemoEvaluator:
             return [(i + 3) % 10 for i in range(count)], list(range(10_000, 10_000 + count))
         return [i % 10 for i in range(count)], list(range(count))
 
-    def macs(self, candidate: Candidate, encoder_calls: int, decoder_calls: int) -> int:
+    def macs(self, candidate: Candidate, encoder_calls: int, decoder_calls: int, refresh_calls: int = 0) -> int:
         if candidate.depth not in self.unit_macs:
             from ..flops import encoder_share
             from ..guidance import ClassifierFreeGuidance
 
-            split = self.demo.split(candidate.depth)
+            split = self.demo.split(**split_options(candidate.depth, self.depth_option))
             guided = ClassifierFreeGuidance(split, GUIDANCE, {"class_labels": torch.tensor([self.demo.null_label])})
             x = torch.zeros(1, self.demo.transformer.config.in_channels, self.demo.resolution, self.demo.resolution)
             with torch.no_grad():
                 share = encoder_share(guided, x, 500, class_labels=torch.tensor([0]))
-            self.unit_macs[candidate.depth] = (share.encoder_flops // 2, share.decoder_flops // 2)
-        e, d = self.unit_macs[candidate.depth]
-        return encoder_calls * e + decoder_calls * d
+            self.unit_macs[candidate.depth] = (share.encoder_flops // 2, share.decoder_flops // 2,
+                                               share.refresh_flops // 2)
+        e, d, r = self.unit_macs[candidate.depth]
+        return encoder_calls * e + decoder_calls * d + refresh_calls * r
 
     @torch.no_grad()
     def images(self, candidate: Candidate, inputs: tuple[list[int], list[int]],
@@ -87,10 +89,13 @@ class DemoEvaluator:
 
         self.evaluations += 1
         labels, seeds = inputs
+        split = split_options(candidate.depth, self.depth_option)
         result = sample_digits(self.demo, labels, steps=steps or self.steps, scheduler=self.scheduler,
                                keys=list(candidate.keys), policy=candidate.policy, coordinate=candidate.coordinate,
-                               encoder_blocks=candidate.depth, guidance_scale=GUIDANCE, seeds=seeds)
-        return to_unit(result.sample).cpu(), self.macs(candidate, result.encoder_calls, result.decoder_calls)
+                               encoder_blocks=split.get(self.depth_option), branch_depth=split.get("branch_depth"),
+                               guidance_scale=GUIDANCE, seeds=seeds)
+        return to_unit(result.sample).cpu(), self.macs(candidate, result.encoder_calls, result.decoder_calls,
+                                                       result.refresh_calls)
 
 
 class PipelineEvaluator:
@@ -127,20 +132,24 @@ class PipelineEvaluator:
         self.counted: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         self.evaluations = 0
 
-    def depths(self, quick: bool) -> list[int]:
+    def depths(self, quick: bool) -> list[Any]:
         """DiT: half, three quarters and all of the blocks in the encoder (quick: all); UNet: the
-        decoder from up block 0 or 1 (quick: 0)."""
+        decoder from up block 0 or 1, and the shallow branch's finest cut and outermost block
+        (quick: 0)."""
         pipe = self.job.pipe
         if self.depth_option == "encoder_blocks":
             return dit_depths(len(pipe.transformer.transformer_blocks), quick)
-        return [0] if quick or len(pipe.unet.up_blocks) < 2 else [0, 1]
+        if quick:
+            return [0]
+        outer = pipe.unet.down_blocks[0]
+        return [*([0, 1] if len(pipe.unet.up_blocks) >= 2 else [0]), branch(1), branch(1 + len(outer.resnets))]
 
     def inputs(self, count: int, *, held_out: bool) -> list[int]:
         return list(range(10_000, 10_000 + count)) if held_out else list(range(count))
 
     def _run(self, candidate: Candidate, indices: list[int], steps: int) -> Any:
         return self.job(list(candidate.keys), indices, progress=False, steps=steps, policy=candidate.policy,
-                        coordinate=candidate.coordinate, **{self.depth_option: candidate.depth})
+                        coordinate=candidate.coordinate, **split_options(candidate.depth, self.depth_option))
 
     def macs(self, candidate: Candidate, steps: int, encoder_calls: int) -> int:
         if (candidate.depth, steps) not in self.counted:

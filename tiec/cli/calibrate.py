@@ -117,7 +117,9 @@ def _report(results: dict, paths: list[Path], args: argparse.Namespace) -> None:
     if args.quiet:
         return
     pick = results["recommended"]
-    depth = "encoder blocks" if results["config"].get("encoder_blocks") is not None else "decoder start"
+    config = results["config"]
+    depth = ("encoder blocks" if config.get("encoder_blocks") is not None
+             else "shallow branch" if config.get("branch_depth") is not None else "decoder start")
     fits = "within" if pick["mac_ratio"] <= results["budget"] else "(none fits: the cheapest) for"
     print(f"{results['evaluations']} evaluations in {results['seconds']} s; recommended {fits} "
           f"{results['budget']} of the MACs: keys {','.join(map(str, pick['keys']))}, {pick['policy']}, "

@@ -41,7 +41,7 @@ def add_parser(commands: Any) -> None:
     sampler.add_argument("--config", type=Path,
                          help="a tiec configuration file (tiec calibrate's output) setting keys, policy, time "
                               "coordinate and split depth (default on a demo model given none of --keys, --policy, "
-                              "--encoder-blocks, --decoder-start: the calibrated configuration shipped for its "
+                              "--encoder-blocks, --decoder-start, --branch-depth: the calibrated configuration shipped for its "
                               "sampler and step count, when there is one)")
     sampler.add_argument("--keys", help="key steps: 'every:N', a preset name, 'all' or a list like 0,1,5 "
                                         "(default: on a demo model, the calibrated configuration shipped for its "
@@ -52,6 +52,10 @@ def add_parser(commands: Any) -> None:
     sampler.add_argument("--encoder-blocks", type=int,
                          help="DiT only: transformer blocks in the encoder (default: demo all, pipelines half)")
     sampler.add_argument("--decoder-start", type=int, help="UNet only: first up block the decoder runs (default 0)")
+    sampler.add_argument("--branch-depth", type=int,
+                         help="UNet only, instead of --decoder-start: recompute this many outermost layers every "
+                              "step and cache only the deep feature between them (DeepCache's topology; 1 is the "
+                              "finest cut)")
     sampler.add_argument("--parallel-decode", action="store_true",
                          help="decode the steps between keys in one batch (demo models)")
     sampler.add_argument("--guidance-scale", type=float,

@@ -107,6 +107,22 @@ def _check_split(build: Any, option: str, value: Optional[int]) -> None:
         raise UsageError(f"{option} {value}: must {rule}" if " must " in str(error) else f"{option}: {error}") from None
 
 
+def _check_branch(branch_depth: Optional[int], decoder_start: Optional[int], parallel_decode: bool,
+                  dit: Optional[str]) -> None:
+    """``--branch-depth``: a UNet split, instead of ``--decoder-start``, decoded step by step.
+    ``dit`` names the DiT the run is for (``None``: a UNet)."""
+    if branch_depth is None:
+        return
+    if dit is not None:
+        _reject("--branch-depth", branch_depth, dit, "use --encoder-blocks")
+    if decoder_start is not None:
+        raise UsageError(f"--branch-depth {branch_depth} and --decoder-start {decoder_start} are two UNet splits; "
+                         "give one of them")
+    if parallel_decode:
+        raise UsageError(f"--parallel-decode does not apply with --branch-depth {branch_depth}: the shallow branch "
+                         "is recomputed from each step's input, so steps decode one by one")
+
+
 def _check_steps(scheduler: Any, steps: int) -> None:
     """``--steps`` within the model's training schedule (diffusers' own message is a traceback)."""
     trained = getattr(scheduler.config, "num_train_timesteps", None)
@@ -140,7 +156,8 @@ class DemoJob:
     def __init__(self, name: str, *, class_labels: Optional[str], num_images: int, prompt: Optional[str],
                  negative_prompt: Optional[str], steps: int, scheduler: Optional[str], policy: str,
                  guidance_scale: float, encoder_blocks: Optional[int], decoder_start: Optional[int],
-                 parallel_decode: bool, seed: int, device: str, dtype: str, coordinate: str = "auto") -> None:
+                 parallel_decode: bool, seed: int, device: str, dtype: str, coordinate: str = "auto",
+                 branch_depth: Optional[int] = None) -> None:
         from ..demo import load
         from ..demo.data import NUM_CLASSES
 
@@ -149,19 +166,25 @@ class DemoJob:
         is_dit = name == "dit-digits"
         _reject("--decoder-start" if is_dit else "--encoder-blocks", decoder_start if is_dit else encoder_blocks,
                 f"the demo model {name!r}", f"use {'--encoder-blocks' if is_dit else '--decoder-start'}")
+        _check_branch(branch_depth, decoder_start, parallel_decode, f"the demo model {name!r}" if is_dit else None)
         given = parse_labels(class_labels, NUM_CLASSES)
         self.labels = given * num_images
         self.model = load(name, device=device, dtype=DTYPES[dtype])
         self.depth = encoder_blocks if is_dit else decoder_start
-        _check_split(lambda: self.model.split(self.depth), "--encoder-blocks" if is_dit else "--decoder-start",
-                     self.depth)
+        self.branch_depth = branch_depth
+        if branch_depth is not None:
+            _check_split(lambda: self.model.split(branch_depth=branch_depth), "--branch-depth", branch_depth)
+        else:
+            _check_split(lambda: self.model.split(self.depth), "--encoder-blocks" if is_dit else "--decoder-start",
+                         self.depth)
         self.scheduler = self.model.scheduler(scheduler or "ddim")  # for checks; each call builds its own
         _check_steps(self.scheduler, steps)
         self.settings = dict(model=name, class_labels=given, images_per_input=num_images, steps=steps,
                              scheduler=scheduler or "ddim", policy=policy, coordinate=coordinate,
                              guidance_scale=guidance_scale, parallel_decode=parallel_decode,
                              seed=seed, device=device, dtype=dtype,
-                             **({"encoder_blocks": encoder_blocks} if is_dit else {"decoder_start": decoder_start}))
+                             **({"encoder_blocks": encoder_blocks} if is_dit else {"decoder_start": decoder_start}),
+                             **({"branch_depth": branch_depth} if branch_depth is not None else {}))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -175,6 +198,7 @@ class DemoJob:
         result = sample_digits(self.model, [self.labels[i] for i in indices], steps=s["steps"],
                                scheduler=s["scheduler"], keys=keys, policy=s["policy"],
                                guidance_scale=s["guidance_scale"], encoder_blocks=self.depth,
+                               branch_depth=self.branch_depth,
                                parallel_decode=s["parallel_decode"], seeds=[s["seed"] + i for i in indices],
                                coordinate=s["coordinate"], progress=progress)
         return Images(to_unit(result.sample).cpu(), tuple(result.key_steps), result.encoder_calls,
@@ -208,7 +232,7 @@ class PipelineJob:
                  negative_prompt: Optional[str], steps: int, scheduler: Optional[str], policy: str,
                  guidance_scale: Optional[float], encoder_blocks: Optional[int], decoder_start: Optional[int],
                  parallel_decode: bool, seed: int, device: str, dtype: str, progress: bool = True,
-                 coordinate: str = "auto") -> None:
+                 coordinate: str = "auto", branch_depth: Optional[int] = None) -> None:
         class_name = _read_index(path)
         kind = PIPELINES[class_name]
         target = f"a {class_name}"
@@ -222,6 +246,7 @@ class PipelineJob:
         is_dit = class_name == "DiTPipeline"
         _reject("--decoder-start" if is_dit else "--encoder-blocks", decoder_start if is_dit else encoder_blocks,
                 target, f"use {'--encoder-blocks' if is_dit else '--decoder-start'}")
+        _check_branch(branch_depth, decoder_start, False, target if is_dit else None)
         _reject("--parallel-decode", True if parallel_decode else None, target,
                 "parallel decoding needs tiec's own loop (the demo models)")
         if isinstance(get_policy(policy), Lookahead):
@@ -242,6 +267,9 @@ class PipelineJob:
         if is_dit:
             _check_split(lambda: DiTSplit(self.pipe.transformer, encoder_blocks=encoder_blocks), "--encoder-blocks",
                          encoder_blocks)
+        elif branch_depth is not None:
+            _check_split(lambda: UNet2DConditionSplit(self.pipe.unet, branch_depth=branch_depth), "--branch-depth",
+                         branch_depth)
         else:
             _check_split(lambda: UNet2DConditionSplit(self.pipe.unet, decoder_start=decoder_start or 0),
                          "--decoder-start", decoder_start)
@@ -263,6 +291,8 @@ class PipelineJob:
         if guidance_scale is None:
             guidance_scale = inspect.signature(self.pipe.__call__).parameters["guidance_scale"].default
         self.depth = {"encoder_blocks": encoder_blocks} if is_dit else {"decoder_start": decoder_start or 0}
+        if branch_depth is not None:
+            self.depth = {"branch_depth": branch_depth}
         inputs = {**self.inputs, **({} if kind == "prompt" else {"class_labels": labels})}  # labels as given
         self.settings = dict(model=str(path), pipeline=class_name, **inputs, images_per_input=num_images,
                              steps=steps, scheduler=scheduler or type(self.pipe.scheduler).__name__, policy=policy,
@@ -318,7 +348,9 @@ class PipelineJob:
                 inputs[name] = [inputs[name][i % len(inputs[name])] for i in indices]
         if isinstance(inputs.get("prompt"), str):
             inputs["num_images_per_prompt"] = len(indices)
-        caching = {"policy": s["policy"], "coordinate": s["coordinate"], **self.depth, **caching}
+        split_keys = ("encoder_blocks", "decoder_start", "branch_depth")
+        depth = {} if any(k in caching for k in split_keys) else self.depth  # a call's split replaces the job's
+        caching = {"policy": s["policy"], "coordinate": s["coordinate"], **depth, **caching}
         self.pipe.set_progress_bar_config(disable=not progress, **({"desc": progress} if isinstance(progress, str)
                                                                     else {}))
         with cached(self.pipe, keys=keys, **caching) as cache:

@@ -57,6 +57,7 @@ class GenerateOptions:
     policy: Optional[str] = None
     encoder_blocks: Optional[int] = None
     decoder_start: Optional[int] = None
+    branch_depth: Optional[int] = None
     parallel_decode: bool = False
     guidance_scale: Optional[float] = None
     out: Path = Path("outputs")
@@ -175,7 +176,7 @@ def caching_options(options: GenerateOptions) -> dict[str, Any]:
     belong to those times).
     """
     explicit = {"--keys": options.keys, "--policy": options.policy, "--encoder-blocks": options.encoder_blocks,
-                "--decoder-start": options.decoder_start}
+                "--decoder-start": options.decoder_start, "--branch-depth": options.branch_depth}
     clash = [name for name, value in explicit.items() if value is not None]
     path = options.config
     if path is None and not clash and options.model in DEMO_MODELS:
@@ -185,7 +186,7 @@ def caching_options(options: GenerateOptions) -> dict[str, Any]:
     if path is None:
         return dict(keys=options.keys or DEMO_DEFAULTS["keys"], policy=options.policy or DEMO_DEFAULTS["policy"],
                     coordinate="auto", encoder_blocks=options.encoder_blocks, decoder_start=options.decoder_start,
-                    config=None)
+                    branch_depth=options.branch_depth, config=None)
     if clash:
         raise UsageError(f"--config {str(path)!r} sets keys, policy and split depth; drop {', '.join(clash)}")
     try:
@@ -200,7 +201,8 @@ def caching_options(options: GenerateOptions) -> dict[str, Any]:
         raise UsageError(f"--config {str(path)!r} was made for the {config.scheduler} scheduler, not {scheduler}; "
                          f"run with --scheduler {config.scheduler}, or calibrate for {scheduler}")
     return dict(keys=config.keys, policy=config.policy, coordinate=config.coordinate,
-                encoder_blocks=config.encoder_blocks, decoder_start=config.decoder_start, config=str(path))
+                encoder_blocks=config.encoder_blocks, decoder_start=config.decoder_start,
+                branch_depth=config.branch_depth, config=str(path))
 
 
 def generate(options: GenerateOptions) -> Optional[dict]:
@@ -231,12 +233,14 @@ def generate(options: GenerateOptions) -> Optional[dict]:
                        prompt=options.prompt, negative_prompt=options.negative_prompt, steps=options.steps,
                        scheduler=options.scheduler, policy=policy, coordinate=caching["coordinate"],
                        guidance_scale=guidance, encoder_blocks=caching["encoder_blocks"],
-                       decoder_start=caching["decoder_start"], parallel_decode=options.parallel_decode,
+                       decoder_start=caching["decoder_start"], branch_depth=caching["branch_depth"],
+                       parallel_decode=options.parallel_decode,
                        seed=options.seed, device=device, dtype=options.dtype,
                        progress=not options.quiet and state.is_main_process)
     except UsageError as error:
         if options.config and str(error).startswith(("--encoder-blocks does not apply",
-                                                      "--decoder-start does not apply")):
+                                                      "--decoder-start does not apply",
+                                                      "--branch-depth does not apply")):
             raise UsageError(f"--config {str(options.config)!r} sets a split depth of the other architecture: "
                              f"{error}") from None
         raise

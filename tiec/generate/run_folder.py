@@ -40,7 +40,7 @@ OPTIONS = {"model": "--model", "pipeline": "--model", "class_labels": "--class-l
            "scheduler": "--scheduler", "policy": "--policy", "coordinate": "--config", "keys": "--keys",
            "guidance_scale": "--guidance-scale", "parallel_decode": "--parallel-decode", "seed": "--seed",
            "dtype": "--dtype", "encoder_blocks": "--encoder-blocks", "decoder_start": "--decoder-start",
-           "batch_size": "--batch-size", "clean_caption": "--prompt"}
+           "branch_depth": "--branch-depth", "batch_size": "--batch-size", "clean_caption": "--prompt"}
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:
