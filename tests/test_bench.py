@@ -128,6 +128,14 @@ def test_speed_rows_of_the_shallow_branch_count_its_refresh_and_report_the_cache
     assert 0 < branch["cache_bytes"] < deep["cache_bytes"]
     assert rows["FasterDiffusion hold, keys every:3"]["cache_bytes"] == deep["cache_bytes"] // 2
     assert "| cache MB |" in markdown_table(results)
+    splits = {(row["split"], row["latent"]): row for row in results["splits"]}
+    assert set(splits) == {(name, latent) for latent in (32, 64)
+                           for name in ("decoder_start=0", "decoder_start=1", "branch_depth=1", "branch_depth=3")}
+    for latent in (32, 64):  # the finest cut saves more per non-key step and caches less than the deep split
+        finest, deep = splits[("branch_depth=1", latent)], splits[("decoder_start=0", latent)]
+        assert finest["saved_share"] > deep["saved_share"] and finest["cache_bytes"] < deep["cache_bytes"]
+        assert finest["key_step_macs"] == deep["key_step_macs"] > finest["non_key_step_macs"]
+    assert "| branch_depth=1 | 512 px |" in markdown_table(results)
 
 
 def test_bad_bench_input(capsys):

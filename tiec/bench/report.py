@@ -73,6 +73,13 @@ def markdown_table(results: dict) -> str:
                          f"| {row['speedup'] / row['mac_bound']:.0%} "
                          f"| {row.get('saved_share', row['encoder_share']):.3f} "
                          f"| {_fmt(cache / 2**20 if cache is not None else None, '.1f')} |")
+        if results.get("splits"):
+            lines += ["", "Each split on one image with guidance: the encoder's share of a key step's MACs, the share a "
+                      "non-key step saves, and the memory of a `linear` cache (two keys)", "",
+                      "| split | image | encoder share | saved per non-key step | cache MB |", "|---|---|---|---|---|"]
+            for row in results["splits"]:
+                lines.append(f"| {row['split']} | {row['latent'] * 8} px | {row['encoder_share']:.3f} "
+                             f"| {row['saved_share']:.3f} | {row['cache_bytes'] / 2**20:.1f} |")
         return "\n".join(lines) + "\n"
     lines = [
         f"{results['model']}, {results['scheduler']} {results['steps']} steps, guidance {results['guidance_scale']}, "

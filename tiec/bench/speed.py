@@ -16,7 +16,15 @@ from ..progress import progress_bar
 from .grid import GUIDANCE, Method
 from .report import machine
 
-__all__ = ["SPEED_ARCHS", "bench_speed", "cache_bytes", "speed_methods"]
+__all__ = ["SPEED_ARCHS", "bench_speed", "cache_bytes", "speed_methods", "split_shares"]
+
+
+
+def unet_splits(unet: Any) -> list[Any]:
+    """The UNet splits whose MAC shares and cache sizes the SD 1.5 speed run reports: the decoder
+    from each up block (``0`` is FasterDiffusion's), and the shallow branch's finest cut and
+    outermost block (``conv_in`` and the first down block's layers)."""
+    return [*range(len(unet.up_blocks)), "branch:1", f"branch:{1 + len(unet.down_blocks[0].resnets)}"]
 
 SPEED_ARCHS = ("sd15-unet", "dit-xl-2")
 
@@ -68,6 +76,27 @@ def cache_bytes(features: Any, split: Any, policy: Any) -> int:
 
     per_key = sum(f.numel() * f.element_size() for f in cached_part(split, features))
     return per_key * get_policy(policy).keys_needed
+
+
+@torch.no_grad()
+def split_shares(make_split: Any, depths: Any, cond: dict, uncond: dict, latent: int) -> list[dict]:
+    """For each split depth, on one image with guidance at a ``latent`` x ``latent`` latent: the
+    encoder's share of a key step's MACs, the share a non-key step saves, and the bytes a
+    ``linear`` cache holds (two keys)."""
+    from ..flops import encoder_share
+    from ..guidance import ClassifierFreeGuidance
+
+    x = torch.randn(1, 4, latent, latent, generator=torch.Generator().manual_seed(2))
+    rows = []
+    for depth in depths:
+        guided = ClassifierFreeGuidance(make_split(depth), GUIDANCE, uncond)
+        share = encoder_share(guided, x, 999, **cond)
+        rows.append(dict(split=f"decoder_start={depth}" if isinstance(depth, int) else depth.replace(":", "_depth=", 1),
+                         latent=latent, encoder_share=share.share, saved_share=share.saved_share,
+                         key_step_macs=(share.encoder_flops + share.decoder_flops) // 2,
+                         non_key_step_macs=(share.decoder_flops + share.refresh_flops) // 2,
+                         cache_bytes=cache_bytes(guided.encode(x, 999, **cond), guided, "linear")))
+    return rows
 
 
 def speed_methods(arch: str) -> list[Method]:
@@ -140,6 +169,10 @@ def bench_speed(arch: str, *, steps: int = 10, repeats: int = 5, progress: bool 
     reference = rows[0]["seconds_per_step_median"]
     for row in rows:
         row["speedup"] = reference / row["seconds_per_step_median"]
+    splits = []
+    if arch == "sd15-unet":  # each UNet split at the timed size and at SD 1.5's own 512 px
+        splits = [row for latent in (noise.shape[-1], 64)
+                  for row in split_shares(make_split, unet_splits(model), cond, uncond, latent)]
     return dict(arch=arch, description=description, steps=steps, repeats=repeats, scheduler="ddim",
                 guidance_scale=GUIDANCE, machine=machine(), seconds=round(time.perf_counter() - start, 1),
-                rows=rows)
+                rows=rows, splits=splits)
