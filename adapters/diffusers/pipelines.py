@@ -44,7 +44,8 @@ from .unet import UNet2DConditionSplit
 __all__ = ["PipelineCache", "enable", "disable", "cached", "is_enabled"]
 
 #: The denoiser arguments that tell conditionings apart (the cache stream of a call). ControlNet
-#: and T2I residuals are left out: they change every step and matter at keys only.
+#: and T2I residuals are left out: they change every step and act at keys (and, with a shallow
+#: branch, on the fresh skips, where a non-key step gets the last key's ControlNet residuals).
 STREAM_ARGUMENTS = ("encoder_hidden_states", "class_labels", "added_cond_kwargs", "timestep_cond",
                     "encoder_attention_mask", "attention_mask")
 
@@ -268,7 +269,9 @@ class PipelineCache:
             if (self._sync(t) and self._in_schedule(t) and last is not None and last[0] == batch
                     and not self._stream(bound.arguments).will_encode(time)):
                 self.controlnet_skips += 1
-                return last[1]  # the decoder ignores residuals: the shapes are all that matter
+                # The last key's residuals: a decoder on cached features ignores them; a shallow
+                # branch adds them to its fresh skips, holding ControlNet's effect between keys.
+                return last[1]
             result = original(*args, **kwargs)
             self.controlnet_calls += 1
             self._controlnet_last = (batch, result)

@@ -50,7 +50,7 @@ def skip_count(unet: Any) -> int:
     return 1 + sum(len(b.resnets) + (b.downsamplers is not None) for b in unet.down_blocks)
 
 
-def _branch_cuts_ok(unet: Any, depth: int) -> Optional[str]:
+def _uncuttable_block(unet: Any, depth: int) -> Optional[str]:
     """``None`` when ``branch_depth=depth`` cuts only blocks that can run layer by layer, else the
     name of the first block it would cut inside that cannot."""
     remaining = depth - 1  # down layers after conv_in
@@ -144,7 +144,7 @@ class UNet2DConditionSplit:
                     f"give either decoder_start ({decoder_start}) or branch_depth ({branch_depth}), not both: "
                     "they are two topologies"
                 )
-            blocked = _branch_cuts_ok(unet, branch_depth)
+            blocked = _uncuttable_block(unet, branch_depth)
             if blocked is not None:
                 raise TiecNotImplementedError(
                     f"branch_depth={branch_depth} cuts inside a {blocked}, which tiec cannot run layer by "
