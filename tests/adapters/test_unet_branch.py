@@ -152,13 +152,14 @@ def test_sample_all_keys_is_exact_and_sparse_keys_refresh_the_branch(family, sch
     refreshed = []
     original = split.refresh
     split.refresh = lambda x_in, t, **c: refreshed.append(float(t)) or original(x_in, t, **c)
-    for policy in ("hold", "linear", "lookahead-accept"):
+    for policy in ("hold", "linear", "lookahead", "lookahead-accept"):
         refreshed.clear()
         sparse = tiec.sample(split, scheduler_cls(), x, num_inference_steps=6, cond=cond, guidance=3.0,
                              uncond=uncond, keys=3, policy=policy)
         assert torch.isfinite(sparse.sample).all() and not torch.equal(sparse.sample, expected)
         # every non-key step, and the accepted key of lookahead-accept (its deep feature is predicted)
         assert sparse.decoder_calls == 6 and len(refreshed) == 6 - 2 + (policy == "lookahead-accept")
+        assert sparse.refresh_calls == len(refreshed)
     with pytest.raises(ValueError, match="parallel_decode=True needs a decoder that reads only cached features"):
         tiec.sample(split, scheduler_cls(), x, num_inference_steps=6, cond=cond, keys=3, parallel_decode=True)
 
