@@ -60,9 +60,14 @@ STOCHASTIC = ["--class-labels", "0,1,2,3", "--steps", "8", "--batch-size", "2", 
               "--no-count-macs"]
 
 
-@pytest.mark.parametrize("scheduler", ["ddpm", "euler-a", "dpm-sde"])
+@pytest.mark.parametrize("scheduler", ["dpm-sde"])
 def test_a_stochastic_scheduler_makes_the_same_bytes_with_two_processes(tmp_path, scheduler):
-    """Each image's step noise comes from its own generator, so sharding cannot change it."""
+    """Each image's step noise comes from its own generator, so sharding cannot change it.
+
+    One scheduler here (DPM-Solver++ SDE: its Brownian-tree noise is the least obvious to keep per
+    image); every stochastic scheduler is checked at other batch sizes in one process by
+    ``test_generate_paths``, which is what sharding amounts to per image.
+    """
     argv = [*STOCHASTIC, "--scheduler", scheduler]
     assert main(["generate", *argv, "--out", str(tmp_path / "one")]) == 0
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -87,28 +92,17 @@ def test_the_cpu_launcher_runs_too(single, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def single_euler_a(tmp_path_factory):
-    out = tmp_path_factory.mktemp("single-euler-a")
-    assert main(["generate", *ARGS, "--scheduler", "euler-a", "--keys", "all", "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def single_ddpm(tmp_path_factory):
-    out = tmp_path_factory.mktemp("single-ddpm")
-    assert main(["generate", *ARGS, "--scheduler", "ddpm", "--keys", "all", "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
 def single_dpm_sde(tmp_path_factory):
     out = tmp_path_factory.mktemp("single-dpm-sde")
     assert main(["generate", *ARGS, "--scheduler", "dpm-sde", "--keys", "all", "--out", str(out)]) == 0
     return out
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "euler-a", "ddpm", "dpm-sde"])
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm-sde"])
 def test_an_interrupted_run_resumes_without_redoing_finished_images(request, tmp_path, scheduler):
+    """A deterministic and a stochastic scheduler (the per-image step noise that makes a resumed
+    image equal is the same for ddpm and euler-a; their bytes at any batch size are checked in
+    ``test_generate_paths``)."""
     single = request.getfixturevalue("single" if scheduler == "ddim" else f"single_{scheduler.replace('-', '_')}")
     argv = [*ARGS, *([] if scheduler == "ddim" else ["--scheduler", scheduler, "--keys", "all"])]
     process = subprocess.Popen([sys.executable, "-m", "tiec", "generate", *argv, "--out", str(tmp_path)],
