@@ -44,8 +44,7 @@ from .unet import UNet2DConditionSplit
 __all__ = ["PipelineCache", "enable", "disable", "cached", "is_enabled"]
 
 #: The denoiser arguments that tell conditionings apart (the cache stream of a call). ControlNet
-#: and T2I residuals are left out: they change every step and act at keys (and, with a shallow
-#: branch, on the fresh skips, where a non-key step gets the last key's ControlNet residuals).
+#: and T2I residuals are left out: they change every step (and matter at keys and fresh skips).
 STREAM_ARGUMENTS = ("encoder_hidden_states", "class_labels", "added_cond_kwargs", "timestep_cond",
                     "encoder_attention_mask", "attention_mask")
 
@@ -140,13 +139,11 @@ class PipelineCache:
         self.denoiser_name, self.denoiser = _denoiser(pipe)
         if self.denoiser_name == "unet":
             split: Any = UNet2DConditionSplit(self.denoiser, decoder_start=decoder_start, branch_depth=branch_depth)
-        elif branch_depth is not None:
-            raise TiecValueError(
-                f"branch_depth={branch_depth} is a UNet split (a shallow branch recomputed every step); "
-                f"this pipeline's denoiser is a {type(self.denoiser).__name__}: use encoder_blocks"
-            )
-        else:
+        elif branch_depth is None:
             split = DiTSplit(self.denoiser, encoder_blocks=encoder_blocks)
+        else:
+            raise TiecValueError(f"branch_depth={branch_depth} is a UNet split (a shallow branch recomputed every "
+                                 f"step); this pipeline's denoiser is a {type(self.denoiser).__name__}")
         if coordinate not in ("t", "step", "log_sigma"):
             raise TiecValueError(f"coordinate {coordinate!r} is unknown; expected 't', 'step' or 'log_sigma'")
         tau: Any = self._log_sigma if coordinate == "log_sigma" else coordinate
@@ -269,9 +266,7 @@ class PipelineCache:
             if (self._sync(t) and self._in_schedule(t) and last is not None and last[0] == batch
                     and not self._stream(bound.arguments).will_encode(time)):
                 self.controlnet_skips += 1
-                # The last key's residuals: a decoder on cached features ignores them; a shallow
-                # branch adds them to its fresh skips, holding ControlNet's effect between keys.
-                return last[1]
+                return last[1]  # the last key's residuals (a shallow branch adds them to fresh skips)
             result = original(*args, **kwargs)
             self.controlnet_calls += 1
             self._controlnet_last = (batch, result)
