@@ -76,6 +76,20 @@ def test_the_full_grid_has_every_method_the_issue_names():
     assert any(n.startswith("DeepCache") for n in (m.name for m in method_grid("dpm", model="unet-digits")))
 
 
+def test_the_unet_grids_have_the_shallow_branch_rows_and_the_dit_grids_do_not():
+    from tiec.bench.grid import part_filter
+
+    for sampler in ("ddim", "dpm"):
+        grid = method_grid(sampler, model="unet-digits")
+        branch = [m for m in grid if m.family == "branch"]
+        assert {(m.branch_depth, m.keys, m.policy) for m in branch} == {
+            (d, f"every:{k}", p) for d in (1, 2) for k in (2, 3, 5) for p in ("hold", "linear", "lookahead-accept")}
+        assert all(m.coordinate == ("auto" if m.policy == "lookahead-accept" else "step") for m in branch)
+        keep = part_filter("branch/every:3/linear", grid)
+        assert [m.branch_depth for m in grid if keep(m)] == [1, 2]
+        assert not any(m.family == "branch" for m in method_grid(sampler, model="dit-digits"))
+
+
 def test_a_peer_that_fails_gets_a_row_with_its_error(monkeypatch):
     import tiec.bench.peers as peers
     from tiec.bench import bench_demo
