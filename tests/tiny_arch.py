@@ -4,6 +4,7 @@ import torch
 from diffusers import DiTTransformer2DModel, UNet2DConditionModel
 
 from tiec.adapters.diffusers import DiTSplit, UNet2DConditionSplit
+from tiec.bench.grid import split_options
 
 
 def tiny_full_size(arch):
@@ -15,9 +16,7 @@ def tiny_full_size(arch):
             cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4).eval()
 
         def split(depth):
-            if isinstance(depth, str):
-                return UNet2DConditionSplit(unet, branch_depth=int(depth.partition(":")[2]))
-            return UNet2DConditionSplit(unet, decoder_start=depth or 0)
+            return UNet2DConditionSplit(unet, **split_options(depth or 0, "decoder_start"))
 
         text = torch.randn(1, 3, 8, generator=torch.Generator().manual_seed(1))
         return unet, split, {"encoder_hidden_states": text}, {"encoder_hidden_states": -text}, None, "tiny UNet"

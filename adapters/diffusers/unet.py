@@ -44,10 +44,15 @@ _LAYERED_DOWN = ("DownBlock2D", "CrossAttnDownBlock2D", "ResnetDownsampleBlock2D
 _LAYERED_UP = ("UpBlock2D", "CrossAttnUpBlock2D", "ResnetUpsampleBlock2D", "SimpleCrossAttnUpBlock2D")
 
 
+def _down_layers_of(block: Any) -> int:
+    """The layers of a down block, one skip each: its resnets and its downsampler."""
+    return len(block.resnets) + (block.downsamplers is not None)
+
+
 def skip_count(unet: Any) -> int:
     """The number of skip tensors of ``unet``'s down path (``conv_in``'s output included): the
     largest ``branch_depth``."""
-    return 1 + sum(len(b.resnets) + (b.downsamplers is not None) for b in unet.down_blocks)
+    return 1 + sum(_down_layers_of(block) for block in unet.down_blocks)
 
 
 def _uncuttable_block(unet: Any, depth: int) -> Optional[str]:
@@ -55,7 +60,7 @@ def _uncuttable_block(unet: Any, depth: int) -> Optional[str]:
     name of the first block it would cut inside that cannot."""
     remaining = depth - 1  # down layers after conv_in
     for block in unet.down_blocks:
-        size = len(block.resnets) + (block.downsamplers is not None)
+        size = _down_layers_of(block)
         if 0 < remaining < size and type(block).__name__ not in _LAYERED_DOWN:
             return type(block).__name__
         remaining -= size
@@ -132,8 +137,8 @@ class UNet2DConditionSplit:
                 f"UNets with k-diffusion blocks ({', '.join(k_blocks)}), as in StableDiffusionLatentUpscalePipeline, "
                 "are not supported; run that pipeline without tiec"
             )
+        skips = skip_count(unet)
         if branch_depth is not None:
-            skips = skip_count(unet)
             if isinstance(branch_depth, bool) or not isinstance(branch_depth, int) or not 1 <= branch_depth <= skips:
                 raise TiecValueError(
                     f"branch_depth must be None or an int in [1, {skips}] (the skips of the down path), "
@@ -155,12 +160,12 @@ class UNet2DConditionSplit:
         self.branch_depth = branch_depth
         self.fresh_features = branch_depth or 0
         """How many trailing features are recomputed every step (``branch_depth``, or 0)."""
-        self._skips = skip_count(unet)
+        self._skips = skips
         up_layers = [len(block.resnets) for block in unet.up_blocks]
-        if branch_depth is not None:  # up-layer positions: the deep part runs [0, cut), the decoder the rest
-            self._up_cut = sum(up_layers) - branch_depth
-        else:
-            self._up_cut = sum(up_layers[:decoder_start])
+        self._up_total = sum(up_layers)
+        # Up-layer positions: the encoder runs [0, cut), the decoder [cut, total).
+        self._up_cut = (self._up_total - branch_depth if branch_depth is not None
+                        else sum(up_layers[:decoder_start]))
 
     def __repr__(self) -> str:
         if self.branch_depth is not None:
@@ -248,10 +253,9 @@ class UNet2DConditionSplit:
         for block in self.unet.down_blocks:
             if stop is not None and len(skips) >= stop:
                 break
-            kwargs = self._block_kwargs(block, ctx)
-            size = len(block.resnets) + (block.downsamplers is not None)
-            if stop is not None and len(skips) + size > stop:
+            if stop is not None and len(skips) + _down_layers_of(block) > stop:
                 return self._down_layers(block, stop - len(skips), sample, skips, ctx, intrablock)
+            kwargs = self._block_kwargs(block, ctx)
             if kwargs:
                 if intrablock:
                     kwargs["additional_residuals"] = intrablock.pop(0)
@@ -358,7 +362,7 @@ class UNet2DConditionSplit:
         forward_upsample_size = bool(skips_tuple) and self._needs_upsample_size(skips_tuple[0].shape[-2:])
         with _lora_scale(unet, cond.get("cross_attention_kwargs")) as cross_attention_kwargs:
             ctx = self._context(sample, t, cond, cross_attention_kwargs)
-            sample, _ = self._up(self._up_cut, self._skips, sample, skips_tuple, ctx, forward_upsample_size)
+            sample, _ = self._up(self._up_cut, self._up_total, sample, skips_tuple, ctx, forward_upsample_size)
             if unet.conv_norm_out:
                 sample = unet.conv_act(unet.conv_norm_out(sample))
             return unet.conv_out(sample)

@@ -12,16 +12,41 @@ packages (run by :mod:`tiec.bench.peers`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 from .._errors import TiecValueError
 
-__all__ = ["BRANCH_CUTS", "GUIDANCE", "PARTS", "SAMPLERS", "Method", "branch_methods", "config_method", "fewer_steps", "method_grid", "part_filter",
-           "peer_methods"]
+__all__ = ["BRANCH_CUTS", "GUIDANCE", "PARTS", "SAMPLERS", "Method", "branch", "branch_methods", "config_method",
+           "fewer_steps", "method_grid", "part_filter", "peer_methods", "split_options"]
 
 #: ``--sampler`` name: (scheduler name, reference step count, FasterDiffusion preset).
 SAMPLERS = {"ddim": ("ddim", 50, "ddim-50"), "dpm": ("dpm", 20, "dpm-solver-20")}
 GUIDANCE = 2.0
+
+#: A split depth label: an int (DiT encoder blocks, UNet decoder start) or ``"branch:<layers>"``
+#: for a UNet shallow branch; calibration candidates and the speed run's rows carry one.
+Depth = Union[int, str]
+
+
+def branch(depth: int) -> str:
+    """The depth label of a UNet shallow branch of ``depth`` layers: ``"branch:<depth>"``."""
+    return f"branch:{depth}"
+
+
+def split_options(depth: Depth, depth_option: str) -> dict[str, Optional[int]]:
+    """The split keywords of a depth label: ``{depth_option: depth}`` for an int, and
+    ``{"branch_depth": d}`` for a UNet shallow branch ``"branch:d"``.
+
+    Examples:
+        >>> split_options(1, "decoder_start"), split_options("branch:2", "decoder_start")
+        ({'decoder_start': 1}, {'branch_depth': 2})
+    """
+    if isinstance(depth, str):
+        kind, _, value = depth.partition(":")
+        if kind != "branch" or not value.isdigit():
+            raise TiecValueError(f"a split depth is an int or 'branch:<layers>', got {depth!r}")
+        return {"branch_depth": int(value)}
+    return {depth_option: depth}
 
 
 @dataclass(frozen=True)

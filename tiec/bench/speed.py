@@ -13,20 +13,19 @@ import torch
 
 from .._errors import TiecValueError
 from ..progress import progress_bar
-from .grid import GUIDANCE, Method
+from .grid import GUIDANCE, Method, branch, split_options
 from .report import machine
 
-__all__ = ["SPEED_ARCHS", "bench_speed", "cache_bytes", "speed_methods", "split_shares"]
+__all__ = ["SPEED_ARCHS", "bench_speed", "cache_bytes", "speed_methods", "split_shares", "unet_splits"]
 
+SPEED_ARCHS = ("sd15-unet", "dit-xl-2")
 
 
 def unet_splits(unet: Any) -> list[Any]:
     """The UNet splits whose MAC shares and cache sizes the SD 1.5 speed run reports: the decoder
     from each up block (``0`` is FasterDiffusion's), and the shallow branch's finest cut and
     outermost block (``conv_in`` and the first down block's layers)."""
-    return [*range(len(unet.up_blocks)), "branch:1", f"branch:{1 + len(unet.down_blocks[0].resnets)}"]
-
-SPEED_ARCHS = ("sd15-unet", "dit-xl-2")
+    return [*range(len(unet.up_blocks)), branch(1), branch(1 + len(unet.down_blocks[0].resnets))]
 
 
 def _millions(model: torch.nn.Module) -> int:
@@ -50,12 +49,8 @@ def _full_size(arch: str) -> tuple[Any, Any, dict, dict, Any, str]:
         ).eval()
         cond = {"encoder_hidden_states": torch.randn(1, 77, 768, generator=g)}
         uncond = {"encoder_hidden_states": torch.randn(1, 77, 768, generator=g)}
-        def unet_split(depth: Any) -> Any:
-            if isinstance(depth, str):  # "branch:d", a shallow branch of d layers
-                return UNet2DConditionSplit(unet, branch_depth=int(depth.partition(":")[2]))
-            return UNet2DConditionSplit(unet, decoder_start=depth or 0)
-
-        return (unet, unet_split, cond, uncond, None,
+        return (unet, lambda depth: UNet2DConditionSplit(unet, **split_options(depth or 0, "decoder_start")),
+                cond, uncond, None,
                 f"SD 1.5 UNet ({_millions(unet)} M parameters), 256x256 (32x32 latent), batch 2 (one image, guidance)")
     if arch == "dit-xl-2":
         dit = diffusers.DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4,
@@ -91,7 +86,8 @@ def split_shares(make_split: Any, depths: Any, cond: dict, uncond: dict, latent:
     for depth in depths:
         guided = ClassifierFreeGuidance(make_split(depth), GUIDANCE, uncond)
         share = encoder_share(guided, x, 999, **cond)
-        rows.append(dict(split=f"decoder_start={depth}" if isinstance(depth, int) else depth.replace(":", "_depth=", 1),
+        (option, value), = split_options(depth, "decoder_start").items()
+        rows.append(dict(split=f"{option}={value}",
                          latent=latent, encoder_share=share.share, saved_share=share.saved_share,
                          key_step_macs=(share.encoder_flops + share.decoder_flops) // 2,
                          non_key_step_macs=(share.decoder_flops + share.refresh_flops) // 2,
@@ -111,9 +107,9 @@ def speed_methods(arch: str) -> list[Method]:
     if arch == "sd15-unet":  # the shallow branch: the finest cut (conv_in) and the outermost block each side
         for every in (2, 3, 5):
             methods.append(Method(f"TIEC branch 1 (finest cut) linear, keys every:{every}", "branch", 0,
-                                  f"every:{every}", "linear", peer_options=(("depth", "branch:1"),)))
+                                  f"every:{every}", "linear", peer_options=(("depth", branch(1)),)))
         methods.append(Method("TIEC branch 3 (block cut) linear, keys every:3", "branch", 0, "every:3", "linear",
-                              peer_options=(("depth", "branch:3"),)))
+                              peer_options=(("depth", branch(3)),)))
     if arch == "dit-xl-2":
         methods.append(Method("TIEC linear, keys every:3, FasterDiffusion split (18 of 28 blocks)", "tiec", 0,
                               "every:3", "linear", peer_options=(("depth", 18),)))
@@ -164,7 +160,7 @@ def bench_speed(arch: str, *, steps: int = 10, repeats: int = 5, progress: bool 
                              seconds_per_step_min=min(seconds) / steps, seconds_per_step_max=max(seconds) / steps,
                              encoder_share=share.share, saved_share=share.saved_share,
                              refresh_calls=result.refresh_calls,
-                             cache_bytes=cache_bytes(features[depth], make_split(depth), method.policy),
+                             cache_bytes=cache_bytes(features[depth], split, method.policy),
                              mac_bound=steps * (share.encoder_flops + share.decoder_flops) / work))
     reference = rows[0]["seconds_per_step_median"]
     for row in rows:

@@ -7,37 +7,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence
 
-from .._errors import TiecValueError
+from ..bench.grid import Depth, branch, split_options
 from ..config import TiecConfig
 
 __all__ = ["Candidate", "best_uniform", "branch", "carried", "decibels", "front_of", "neighbours", "pareto_front",
            "split_options"]
-
-Depth = Union[int, str]
-
-
-def branch(depth: int) -> str:
-    """The depth label of a UNet shallow branch of ``depth`` layers: ``"branch:<depth>"``."""
-    return f"branch:{depth}"
-
-
-def split_options(depth: Depth, depth_option: str) -> dict[str, Optional[int]]:
-    """The split keywords of a candidate's depth: ``{depth_option: depth}`` for an int, and
-    ``{"branch_depth": d}`` for a UNet shallow branch ``"branch:d"``.
-
-    Examples:
-        >>> split_options(1, "decoder_start"), split_options("branch:2", "decoder_start")
-        ({'decoder_start': 1}, {'branch_depth': 2})
-    """
-    if isinstance(depth, str):
-        kind, _, value = depth.partition(":")
-        if kind != "branch" or not value.isdigit():
-            raise TiecValueError(f"a split depth is an int or 'branch:<layers>', got {depth!r}")
-        return {"branch_depth": int(value)}
-    return {depth_option: depth}
-
 
 @dataclass(frozen=True)
 class Candidate:

@@ -41,8 +41,8 @@ def add_parser(commands: Any) -> None:
     sampler.add_argument("--config", type=Path,
                          help="a tiec configuration file (tiec calibrate's output) setting keys, policy, time "
                               "coordinate and split depth (default on a demo model given none of --keys, --policy, "
-                              "--encoder-blocks, --decoder-start, --branch-depth: the calibrated configuration shipped for its "
-                              "sampler and step count, when there is one)")
+                              "--encoder-blocks, --decoder-start, --branch-depth: the calibrated configuration "
+                              "shipped for its sampler and step count, when there is one)")
     sampler.add_argument("--keys", help="key steps: 'every:N', a preset name, 'all' or a list like 0,1,5 "
                                         "(default: on a demo model, the calibrated configuration shipped for its "
                                         f"sampler and step count; otherwise {DEMO_DEFAULTS['keys']})")
