@@ -11,11 +11,13 @@ from .._lazy import require
 __all__ = ["SCHEDULERS", "make_scheduler"]
 
 #: ``--scheduler`` names and the diffusers classes they stand for (``dpm-sde``: DPM-Solver++ with
-#: its SDE variant, ``algorithm_type="sde-dpmsolver++"``, see :data:`OPTIONS`).
+#: its SDE variant, ``algorithm_type="sde-dpmsolver++"``; ``dpm-karras``: DPM-Solver++ on a Karras
+#: σ schedule, "DPM++ 2M Karras"; see :data:`OPTIONS`).
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
     "ddpm": "DDPMScheduler",
     "dpm": "DPMSolverMultistepScheduler",
+    "dpm-karras": "DPMSolverMultistepScheduler",
     "dpm-sde": "DPMSolverMultistepScheduler",
     "euler": "EulerDiscreteScheduler",
     "euler-a": "EulerAncestralDiscreteScheduler",
@@ -25,7 +27,8 @@ SCHEDULERS = {
 
 
 #: Config entries a ``--scheduler`` name sets over the pipeline's own.
-OPTIONS: dict[str, dict[str, Any]] = {"dpm-sde": {"algorithm_type": "sde-dpmsolver++"}}
+OPTIONS: dict[str, dict[str, Any]] = {"dpm-sde": {"algorithm_type": "sde-dpmsolver++"},
+                                       "dpm-karras": {"use_karras_sigmas": True}}
 
 
 def make_scheduler(kind: str, config: Mapping[str, Any]) -> Any:

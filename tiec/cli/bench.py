@@ -43,12 +43,14 @@ def add_parser(commands: Any) -> None:
     bench.add_argument("--speed", choices=["sd15-unet", "dit-xl-2"],
                        help="instead: wall time per step of a full-size architecture with random weights")
     bench.add_argument("--steps", type=int, default=10, help="--speed only: sampling steps per timed run (default 10)")
-    bench.add_argument("--study", choices=["stochastic", "monitor"],
+    bench.add_argument("--study", choices=["stochastic", "monitor", "coordinates"],
                        help="instead, a measurement on the demo model, written to <out>/<model>-<study>.json and "
                             ".md: stochastic: caching with euler-a, ddpm (50 steps) and dpm-sde (20), keys every "
                             "2, 3 and 5 with each policy, against every step a key (tiec generate reads it beside "
                             "the demo weights); monitor: the quality monitor's key error against PSNR over DDIM "
-                            "50 and DPM-Solver++ 20 runs, with their rank correlation")
+                            "50 and DPM-Solver++ 20 runs, with their rank correlation; coordinates: each policy "
+                            "blended over t, log sigma and the step index (DDIM 50, DPM-Solver++ 20, and on a "
+                            "Karras schedule; keys every 3 and 5)")
     bench.add_argument("--quick", action="store_true",
                        help="a small grid: 10 steps, 20 samples, 1 timed run of 4 images (minutes -> seconds)")
     bench.add_argument("--out", default=Path("bench-results"), help="output folder (default bench-results)")
