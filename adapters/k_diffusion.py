@@ -30,6 +30,7 @@ from tiec._errors import TiecTypeError, TiecValueError
 from tiec.blend import Features
 from tiec.cached_model import CachedModel
 from tiec.config import ConfigLike, merge_config
+from tiec.coordinates import auto_coordinate
 from tiec.policies import Linear, PolicyLike
 from tiec.protocol import Split, fresh_features
 from tiec.schedules import KeysLike
@@ -81,7 +82,8 @@ class KDiffusionDenoiser(torch.nn.Module):
         quantize: round t to the nearest training timestep (k-diffusion's ``quantize``).
         keys: key schedule over steps (``None``: every step, exact).
         policy: blend policy (``None``: linear).
-        coordinate: ``"log_sigma"`` (``None``, ``"auto"``), ``"t"`` or ``"step"``.
+        coordinate: ``"t"`` (``None``, ``"auto"``: :func:`tiec.coordinates.auto_coordinate`),
+            ``"log_sigma"`` or ``"step"``.
         cond_key: the split's keyword for k-diffusion's ``cond`` (e.g. ``"encoder_hidden_states"``,
             ``"class_labels"``); ``None`` passes ``cond`` under its own name.
         max_streams: cache streams kept for separately called conditionings (least recently used
@@ -110,7 +112,8 @@ class KDiffusionDenoiser(torch.nn.Module):
         super().__init__()
         options = merge_config(config, keys=keys, policy=policy, coordinate=coordinate)
         keys, policy = options["keys"], Linear() if options["policy"] is None else options["policy"]
-        coordinate = {None: "log_sigma", "auto": "log_sigma"}.get(options["coordinate"], options["coordinate"])
+        coordinate = options["coordinate"] or "auto"
+        coordinate = auto_coordinate(policy) if coordinate == "auto" else coordinate
         external = require("k_diffusion.external", "k-diffusion")
         if not (hasattr(split, "encode") and hasattr(split, "decode")):
             raise TiecTypeError(f"split must have encode() and decode(), got {type(split).__name__}")

@@ -43,13 +43,18 @@ def test_quick_bench_rows_are_measured(quick):
     assert reference["mac_ratio"] == 1.0 and reference["accuracy"] == 1.0
     assert not [row for row in results["rows"] if row["error"]]
     families = {row["family"] for row in results["rows"]}
-    assert families == {"reference", "fasterdiffusion", "tiec", "configured", "peer", "fewer-steps"}
+    assert families == {"reference", "fasterdiffusion", "tiec", "fitted", "configured", "peer", "fewer-steps"}
     linear, hold = rows["TIEC linear, keys every:3"], rows["FasterDiffusion hold, keys every:3"]
     assert linear["macs_per_image"] == hold["macs_per_image"] < reference["macs_per_image"]
     assert (linear["encoder_calls"], linear["decoder_calls"]) == (4, 10)
     lookahead = rows["TIEC lookahead, keys every:3"]
     assert lookahead["encoder_calls"] == 7 and lookahead["macs_per_image"] > linear["macs_per_image"]
     assert 0 < linear["psnr_db"] < 100 and 0 < linear["ssim"] < 1 and linear["frechet_distance"] > 0
+    fitted = rows["TIEC fitted, keys every:3"]  # fitted on other inputs, counted as its linear twin
+    assert (fitted["macs_per_image"], fitted["encoder_calls"]) == (linear["macs_per_image"], 4)
+    scores = fitted["fit"]["held_out_psnr_db"]
+    assert {"hold", "linear", "teacher forcing"} <= set(scores) and scores[fitted["fit"]["chosen"]] == max(scores.values())
+    assert 0 < fitted["psnr_db"] < 100 and fitted["coordinate"] == "t"
     parallel = rows["TIEC linear, keys every:3, parallel decoding"]
     assert parallel["psnr_db"] is None and len(parallel["seconds"]) == 1  # wall time only
     configured = rows["configured (half-stack): keys 0,4,8, linear"]

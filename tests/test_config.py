@@ -70,7 +70,7 @@ def test_pipeline_enable_takes_keys_policy_and_depth_from_a_config():
     with tiec_diffusers.cached(pipe, config=config) as cache:
         pipe(num_inference_steps=4, **kwargs())
         assert cache.model.split.decoder_start == 1 and cache.model.policy.name == "hold"
-        assert cache.coordinate == "log_sigma" and cache.model.key_steps == (0, 2)
+        assert cache.coordinate == "t" and cache.model.key_steps == (0, 2)  # "auto" for hold
         assert (cache.model.encoder_calls, cache.model.decoder_calls) == (2, 4)
     with pytest.raises(ValueError, match="pass either config or decoder_start"):
         tiec_diffusers.enable(pipe, config=config, decoder_start=0)

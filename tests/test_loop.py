@@ -241,7 +241,11 @@ def test_coordinates():
 
 @torch.no_grad()
 def test_coordinate_choice(model):
-    assert sample(model, DDIMScheduler(), noise(), num_inference_steps=3).coordinate == "log_sigma"
+    # "auto" follows the policy: t for blending cached keys, log sigma for the lookahead's jump
+    for policy, expected in (("linear", "t"), ("hold", "t"), ("polynomial(2)", "t"), ("lookahead", "log_sigma"),
+                             ("lookahead-accept", "log_sigma")):
+        result = sample(model, DDIMScheduler(), noise(), num_inference_steps=6, keys=3, policy=policy)
+        assert result.coordinate == expected, policy
     for coordinate in ("t", "step", "log_sigma"):
         result = sample(model, DDIMScheduler(), noise(), num_inference_steps=6, keys=2, coordinate=coordinate)
         assert result.coordinate == coordinate

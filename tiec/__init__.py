@@ -18,6 +18,7 @@ from .cache import EncoderCache
 from .cached_model import CachedModel
 from .config import TiecConfig, load_config
 from .coordinates import log_sigma_at, scheduler_log_sigmas
+from .fitted import FitResult, Fitted, FittedStep, fit_blend
 from .flops import EncoderShare, count_flops, encoder_share
 from .guidance import ClassifierFreeGuidance
 from .loop import KEY_ERROR_WARNING, NoiseInjection, SampleResult, StepInfo, sample
@@ -34,6 +35,9 @@ __all__ = [
     "EncoderShare",
     "KEY_ERROR_WARNING",
     "Features",
+    "FitResult",
+    "Fitted",
+    "FittedStep",
     "Hold",
     "KeySchedule",
     "Linear",
@@ -55,6 +59,7 @@ __all__ = [
     "encoder_share",
     "every_step",
     "explicit",
+    "fit_blend",
     "get_policy",
     "get_schedule",
     "lagrange_weights",

@@ -259,7 +259,7 @@ class CachedModel:
         if is_key or len(self.cache) == 0:
             features: Features = self.split.encode(x, t, **cond)
             cached = cached_part(self.split, features)
-            if self._monitored() and len(self.cache) and self.cache.accepts(cached):
+            if self._monitored() and len(self.cache) and self.cache.accepts(cached) and self.cache.policy.covers(tau):
                 self.key_errors[math.floor(position)] = relative_error(self.cache.get(tau), cached)
             self._push(tau, cached)
             self.encoder_calls += 1

@@ -14,6 +14,10 @@ wrapper, ``tiec generate --config`` and ``tiec bench --config`` read one. The fi
 
 Only ``keys`` is required. ``steps`` is the step count the configuration was chosen for; explicit
 key lists are not rescaled, so a run with another count is refused by the schedule itself.
+
+A configuration with ``"policy": "fitted"`` carries its blend weights in ``weights``: one row
+``{"tau", "keys", "weights"}`` per non-key evaluation (:class:`tiec.Fitted`, written by
+:func:`tiec.fit_blend` through ``tiec fit``); its coordinate is ``"t"``, the times the rows name.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from typing import Any, Optional, Union
 from ._errors import TiecTypeError, TiecValueError
 from ._files import json_text, write_atomic
 from .coordinates import COORDINATES
-from .policies import get_policy
+from .fitted import Fitted
+from .policies import Policy, get_policy
 from .schedules import get_schedule
 
 __all__ = ["TiecConfig", "load_config", "merge_config", "ConfigLike"]
@@ -48,6 +53,8 @@ class TiecConfig:
             refuses it at another step count.
         scheduler: the sampler it was chosen for, a ``--scheduler`` name such as ``"ddim"`` or
             ``"dpm"`` (``None``: not recorded); ``tiec generate`` refuses it with another.
+        weights: with ``policy="fitted"``, the fitted weights (:meth:`tiec.Fitted.to_list`);
+            ``None`` otherwise.
         provenance: how it was made (command, scores); never read by tiec.
 
     Examples:
@@ -66,13 +73,23 @@ class TiecConfig:
     branch_depth: Optional[int] = None
     steps: Optional[int] = None
     scheduler: Optional[str] = None
+    weights: Optional[list] = None
     provenance: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.keys, str):
             raise TiecTypeError(f"keys must be a schedule spec as text, got {type(self.keys).__name__} {self.keys!r}")
         get_schedule(self.keys)  # raises naming the problem
-        get_policy(self.policy)
+        if (self.policy == "fitted") != (self.weights is not None):
+            raise TiecValueError(f"weights come with policy 'fitted' and only with it; got policy={self.policy!r} "
+                                 f"and {'no ' if self.weights is None else ''}weights")
+        if self.weights is not None:
+            if self.coordinate != "t":
+                raise TiecValueError(f"fitted weights are keyed by the model time: coordinate must be 't', got "
+                                     f"{self.coordinate!r}")
+            Fitted.from_list(self.weights)
+        else:
+            get_policy(self.policy)
         if self.coordinate not in COORDINATES:
             raise TiecValueError(f"coordinate {self.coordinate!r} is unknown; expected one of {COORDINATES}")
         for name in ("encoder_blocks", "decoder_start", "branch_depth", "steps"):
@@ -111,9 +128,13 @@ class TiecConfig:
         write_atomic(path, json_text(self.to_dict()))
         return path
 
+    def blend_policy(self) -> Union[str, Policy]:
+        """The policy to run: its spec, or the :class:`tiec.Fitted` weights of a fitted configuration."""
+        return Fitted.from_list(self.weights) if self.weights is not None else self.policy
+
     def sample_options(self) -> dict[str, Any]:
         """``keys``, ``policy`` and ``coordinate`` as keywords for :func:`tiec.sample`."""
-        return dict(keys=self.keys, policy=self.policy, coordinate=self.coordinate)
+        return dict(keys=self.keys, policy=self.blend_policy(), coordinate=self.coordinate)
 
 
 ConfigLike = Union[TiecConfig, str, Path]
@@ -156,4 +177,4 @@ def merge_config(config: Optional[ConfigLike], **explicit: Any) -> dict[str, Any
     clash = sorted(name for name, value in explicit.items() if value is not None)
     if clash:
         raise TiecValueError(f"pass either config or {', '.join(clash)}, not both (the config sets them)")
-    return {name: getattr(loaded, name) for name in explicit}
+    return {name: loaded.blend_policy() if name == "policy" else getattr(loaded, name) for name in explicit}

@@ -1,8 +1,12 @@
 """The time coordinate τ the cache blends over: the model's timestep, log σ, or the step index.
 
-On a small trained DiT with a Karras schedule, blending over log σ beat blending over ``t`` by
-2-4 dB; with uniform DDIM steps the choices coincide up to scale. ``"auto"`` picks log σ whenever
-the scheduler tells σ, and ``t`` otherwise.
+``"auto"`` follows the policy (:func:`auto_coordinate`): ``t`` for the policies that blend cached
+keys (``hold``, ``linear``, ``polynomial(k)``, fitted weights), log σ for the lookahead, whose
+predicted key comes from a jump in σ. Measured on both demo models (``tiec bench --study
+coordinates``, docs/choosing-keys.md): over ``t``, ``linear`` scored 1-15 dB above log σ with
+DDIM 50 and DPM-Solver++ 20 (evenly spaced timesteps, where ``t`` is the step index up to scale)
+and at or above it on a Karras schedule with keys every 3; the lookahead scored higher over
+log σ in most runs, by up to 8 dB.
 """
 
 from __future__ import annotations
@@ -14,10 +18,24 @@ import torch
 
 from ._errors import TiecTypeError, TiecValueError
 
-__all__ = ["Coordinate", "COORDINATES", "log_sigma_at", "scheduler_log_sigmas", "coordinate_values"]
+__all__ = ["Coordinate", "COORDINATES", "auto_coordinate", "log_sigma_at", "scheduler_log_sigmas",
+           "coordinate_values"]
 
 Coordinate = Literal["auto", "t", "log_sigma", "step"]
 COORDINATES = ("auto", "t", "log_sigma", "step")
+
+
+def auto_coordinate(policy: Any) -> str:
+    """What ``coordinate="auto"`` means for ``policy`` (a spec or a :class:`~tiec.Policy`):
+    ``"log_sigma"`` for the lookahead policies, ``"t"`` for the others.
+
+    Examples:
+        >>> auto_coordinate("linear"), auto_coordinate("lookahead-accept")
+        ('t', 'log_sigma')
+    """
+    from .policies import Lookahead, get_policy
+
+    return "log_sigma" if isinstance(get_policy(policy if policy is not None else "linear"), Lookahead) else "t"
 
 
 def log_sigma_at(alphas_cumprod: torch.Tensor, t: float) -> float:
@@ -76,12 +94,18 @@ def scheduler_log_sigmas(scheduler: Any, timesteps: Sequence[Any]) -> list[float
     return None
 
 
-def coordinate_values(coordinate: str, scheduler: Any, timesteps: Sequence[Any]) -> tuple[str, list[float]]:
+def coordinate_values(coordinate: str, scheduler: Any, timesteps: Sequence[Any],
+                      policy: Any = None) -> tuple[str, list[float]]:
     """τ for each model evaluation of a run; returns the coordinate actually used and the values.
+
+    ``"auto"`` is :func:`auto_coordinate` of ``policy`` (``None``: ``linear``), falling back on
+    ``t`` where the scheduler cannot tell σ.
 
     Examples:
         >>> coordinate_values("step", None, [999, 500, 1])
         ('step', [0.0, 1.0, 2.0])
+        >>> coordinate_values("auto", None, [999, 500, 1], policy="hold")
+        ('t', [999.0, 500.0, 1.0])
     """
     if not isinstance(coordinate, str):
         raise TiecTypeError(f"coordinate must be a str, got {type(coordinate).__name__}")
@@ -89,6 +113,8 @@ def coordinate_values(coordinate: str, scheduler: Any, timesteps: Sequence[Any])
         raise TiecValueError(f"coordinate {coordinate!r} is unknown; expected one of {COORDINATES}")
     if coordinate == "step":
         return "step", [float(i) for i in range(len(timesteps))]
+    if coordinate == "auto" and auto_coordinate(policy) == "t":
+        return "t", [float(t) for t in timesteps]
     if coordinate in ("auto", "log_sigma"):
         values = scheduler_log_sigmas(scheduler, timesteps)
         if values is not None:

@@ -167,7 +167,8 @@ def sample(
             predicted latent of the next key at each key (:class:`~tiec.Lookahead`); those encoder
             passes count in ``encoder_calls``.
         coordinate: what the cache blends over: ``"t"``, ``"log_sigma"``, ``"step"``, or ``"auto"``
-            (``None``: log σ when the scheduler tells σ, else t).
+            (``None``): log σ for the lookahead policies when the scheduler tells σ, else ``t``
+            (:func:`tiec.coordinates.auto_coordinate`).
         config: a :class:`~tiec.TiecConfig` or the path of its JSON file (``tiec calibrate``'s
             output) giving ``keys``, ``policy`` and ``coordinate``; then leave those three unset.
             Its split depth is for entry points that build the split; here the split is given.
@@ -242,7 +243,7 @@ def sample(
     num_steps = len(timesteps)
     key_steps = schedule.key_steps(num_steps)
     key_set = set(key_steps)
-    used_coordinate, taus = coordinate_values(coordinate, scheduler, timesteps)
+    used_coordinate, taus = coordinate_values(coordinate, scheduler, timesteps, cache.policy)
 
     noise = latents
     # Flow-matching schedulers have neither: they start from the noise itself and take the latent
@@ -297,7 +298,8 @@ def sample(
                 else:
                     features = split.encode(x_in, t, **cond)
                     cached = cached_part(split, features)
-                    if monitor and len(cache) and cache.accepts(cached):  # what the blend would give
+                    if monitor and len(cache) and cache.accepts(cached) and cache.policy.covers(taus[i]):
+                        # what the blend would give
                         key_errors[i] = relative_error(cache.get(taus[i]), cached)
                     cache.push(taus[i], cached)
                     encoder_calls += 1

@@ -87,6 +87,12 @@ class Policy:
         """How many of the newest keys the cache must keep for this policy."""
         raise NotImplementedError
 
+    def covers(self, query: float) -> bool:
+        """Whether the policy has weights at ``query`` besides the keys' own times: always, except for
+        weights fitted for certain times (:class:`tiec.Fitted`). The quality monitor skips the keys
+        a policy does not cover."""
+        return True
+
     def weights(self, knots: Sequence[float], query: float) -> tuple[float, ...]:
         """Weights for the stored keys at ``knots`` (oldest first) evaluated at ``query``.
 
@@ -229,6 +235,9 @@ def get_policy(spec: PolicyLike) -> Policy:
     match = _POLYNOMIAL_SPEC.match(text)
     if match:
         return Polynomial(int(match.group(1)))
+    if text == "fitted":
+        raise TiecValueError("policy 'fitted' needs its weights: pass a tiec.Fitted (tiec.fit_blend's result) or a "
+                             "configuration file written by `tiec fit`")
     raise TiecValueError(
         f"policy {spec!r} is unknown; expected 'hold', 'linear', 'polynomial(k)' with k >= 1, "
         "'lookahead' or 'lookahead-accept'"

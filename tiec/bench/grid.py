@@ -5,7 +5,7 @@ split a grid into pieces.
 The grid: the reference (every step a key); the same sampler with fewer steps at the MACs of each
 cached run; FasterDiffusion's reuse (``hold``) and TIEC's ``linear``, ``polynomial(2)``,
 ``lookahead`` and ``lookahead-accept`` on the FasterDiffusion preset and on uniform keys every 2, 3
-and 5 steps; prior noise injection; parallel decoding (wall time only); and peers from their own
+and 5 steps; blend weights fitted for each of those key sets; prior noise injection; parallel decoding (wall time only); and peers from their own
 packages (run by :mod:`tiec.bench.peers`).
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from .._errors import TiecValueError
 
 __all__ = ["BRANCH_CUTS", "GUIDANCE", "PARTS", "SAMPLERS", "Method", "branch", "branch_methods", "config_method",
-           "fewer_steps", "method_grid", "part_filter", "peer_methods", "split_options"]
+           "fewer_steps", "fitted_methods", "method_grid", "part_filter", "peer_methods", "split_options"]
 
 #: ``--sampler`` name: (scheduler name, reference step count, FasterDiffusion preset).
 SAMPLERS = {"ddim": ("ddim", 50, "ddim-50"), "dpm": ("dpm", 20, "dpm-solver-20")}
@@ -54,7 +54,7 @@ class Method:
     """One row of the benchmark."""
 
     name: str
-    family: str  # reference | fewer-steps | fasterdiffusion | tiec | configured | peer
+    family: str  # reference | fewer-steps | fasterdiffusion | tiec | fitted | branch | configured | peer
     steps: int
     keys: str = "all"
     policy: str = "linear"
@@ -96,10 +96,17 @@ def method_grid(sampler: str, *, model: str, quick: bool = False) -> list[Method
                                   "noise injection", family, steps, "every:3", policy, noise_injection=True))
     methods.append(Method("TIEC linear, keys every:3, parallel decoding", "tiec", steps, "every:3", "linear",
                           parallel_decode=True, quality=False))
+    methods += fitted_methods(steps, ["every:3"] if quick else [preset, "every:2", "every:3", "every:5"])
     if model == "unet-digits":
         methods += branch_methods(steps, quick=quick)
     methods += peer_methods(model, steps, quick=quick)
     return methods
+
+
+def fitted_methods(steps: int, key_sets: Sequence[str]) -> list[Method]:
+    """The ``fitted`` rows: blend weights fitted for each key set on this sampler's own trajectories
+    (:func:`tiec.calibrate.fit.fit_demo`, inputs disjoint from the benchmark's), over ``t``."""
+    return [Method(f"TIEC fitted, keys {keys}", "fitted", steps, keys, "fitted", coordinate="t") for keys in key_sets]
 
 
 #: The demo UNet's shallow-branch cuts: ``conv_in`` and the last up layer (the finest), and the
@@ -122,7 +129,7 @@ def branch_methods(steps: int, *, quick: bool = False) -> list[Method]:
 def fewer_steps(methods_macs: Sequence[tuple[Method, int]], reference_macs: int, steps: int) -> list[Method]:
     """The same sampler with ``round(steps · macs / reference_macs)`` steps for each cached run's MACs."""
     counts = sorted({max(1, round(steps * macs / reference_macs)) for method, macs in methods_macs
-                     if method.family in ("fasterdiffusion", "tiec", "branch", "configured", "peer")
+                     if method.family in ("fasterdiffusion", "tiec", "fitted", "branch", "configured", "peer")
                      and method.quality})
     return [Method(f"fewer steps: {n}", "fewer-steps", n) for n in counts if n < steps]
 
@@ -153,7 +160,7 @@ def peer_methods(model: str, steps: int, *, quick: bool = False) -> list[Method]
 
 #: ``--part`` names and the families each runs (the reference row is in every part).
 PARTS = {"fasterdiffusion": "fasterdiffusion", "tiec": "tiec", "configured": "configured", "peers": "peer",
-         "fewer-steps": "fewer-steps", "branch": "branch"}
+         "fewer-steps": "fewer-steps", "branch": "branch", "fitted": "fitted"}
 
 
 def part_filter(part: str, grid: Sequence[Method]) -> Callable[[Method], bool]:

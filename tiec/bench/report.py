@@ -104,7 +104,7 @@ def markdown_table(results: dict) -> str:
 
 
 FAMILY_STYLE = {"reference": ("k", "*"), "fewer-steps": ("tab:gray", "o"), "fasterdiffusion": ("tab:orange", "s"),
-                "tiec": ("tab:blue", "^"), "branch": ("tab:purple", "v"), "configured": ("tab:red", "P"),
+                "tiec": ("tab:blue", "^"), "branch": ("tab:purple", "v"), "fitted": ("tab:olive", "*"), "configured": ("tab:red", "P"),
                 "peer": ("tab:green", "D")}
 
 

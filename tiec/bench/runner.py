@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -24,6 +24,7 @@ import torch
 
 from .._errors import TiecValueError
 from .._files import atomic_path
+from ..coordinates import auto_coordinate
 from ..flops import count_flops
 from ..progress import progress_bar
 from .grid import GUIDANCE, SAMPLERS, Method, config_method, fewer_steps, method_grid, part_filter
@@ -47,13 +48,16 @@ class _Row:
     frechet_distance: Optional[float] = None
     accuracy: Optional[float] = None
     key_error: Optional[float] = None  # the quality monitor's mean over the quality samples' key steps
+    fit: Optional[dict] = None  # a fitted row: the candidate chosen and every candidate's held-out PSNR
     error: Optional[str] = None
 
     def as_dict(self, reference_macs: Optional[int]) -> dict:
         row = {k: v for k, v in asdict(self).items() if k != "method"}
         row.update(name=self.method.name, family=self.method.family, steps=self.method.steps,
                    keys=self.method.keys, policy=self.method.policy if self.method.peer is None else None,
-                   coordinate=self.method.coordinate, split_depth=self.method.depth,
+                   coordinate=None if self.method.peer else (auto_coordinate(self.method.policy)
+                                                             if self.method.coordinate == "auto" else self.method.coordinate),
+                   split_depth=self.method.depth,
                    branch_depth=self.method.branch_depth,
                    noise_injection=self.method.noise_injection, parallel_decode=self.method.parallel_decode,
                    peer=self.method.peer, peer_options=dict(self.method.peer_options))
@@ -76,6 +80,19 @@ class DemoRunner:
         self.classifier = load("digits-classifier", device=device)
         self.scheduler_name = SAMPLERS[sampler][0]
         self.device = device
+        self.fits: dict[Method, Any] = {}
+
+    def policy(self, method: Method) -> Any:
+        """The method's blend policy: its spec, or for a ``fitted`` row the weights fitted (once per
+        runner) for its keys on inputs the benchmark never measures (:func:`tiec.calibrate.fit.fit_demo`)."""
+        if method.policy != "fitted":
+            return method.policy
+        if method not in self.fits:
+            from ..calibrate.fit import fit_demo
+
+            depth = method.depth if method.branch_depth is None else f"branch:{method.branch_depth}"
+            self.fits[method] = fit_demo(self.demo, self.scheduler_name, method.steps, method.keys, depth=depth)
+        return self.fits[method].policy
 
     @torch.no_grad()
     def sample(self, method: Method, labels: Sequence[int],
@@ -89,7 +106,7 @@ class DemoRunner:
 
             return (*run_peer(self, method, labels, seeds), [])
         result = sample_digits(self.demo, labels, steps=method.steps, scheduler=self.scheduler_name,
-                               keys=method.keys, policy=method.policy, guidance_scale=GUIDANCE, seeds=seeds,
+                               keys=method.keys, policy=self.policy(method), guidance_scale=GUIDANCE, seeds=seeds,
                                parallel_decode=method.parallel_decode, noise_injection=method.noise_injection,
                                coordinate=method.coordinate, encoder_blocks=method.depth,
                                branch_depth=method.branch_depth)
@@ -204,8 +221,10 @@ def _error_text(error: Exception) -> str:
 
 
 def _count(runner: DemoRunner, row: _Row, labels: Sequence[int], seeds: Sequence[int]) -> None:
+    # blending costs no counted operation: a fitted row makes its linear twin's calls (and is fitted later)
+    method = replace(row.method, policy="linear") if row.method.policy == "fitted" else row.method
     try:
-        flops, (_, enc, dec, _) = count_flops(runner.sample, row.method, labels[:2], seeds[:2])
+        flops, (_, enc, dec, _) = count_flops(runner.sample, method, labels[:2], seeds[:2])
     except Exception as error:  # a peer that cannot run: its row says why
         row.error = _error_text(error)
         return
@@ -230,6 +249,10 @@ def _measure(runner: DemoRunner, row: _Row, labels: Sequence[int], seeds: Sequen
              batch_size: int, reference: Optional[tuple] = None) -> None:
     method = row.method
     try:
+        runner.policy(method)  # a fitted row's fit is not timed
+        if method in runner.fits:
+            result = runner.fits[method]
+            row.fit = dict(chosen=result.labels[result.best], held_out_psnr_db=result.table())
         for i in range(repeats):
             with PeakMemory() as peak:
                 begin = time.perf_counter()

@@ -33,8 +33,9 @@ def add_parser(commands: Any) -> None:
     bench.add_argument("--repeats", type=int, default=5, help="timed runs per method (default 5)")
     bench.add_argument("--batch-size", type=int, default=250, help="images sampled together (default 250)")
     bench.add_argument("--part",
-                       help="run one family of rows (and the reference): fasterdiffusion, tiec, branch (the demo "
-                            "UNet's shallow branch), configured, peers or fewer-steps, or one key set of a family, "
+                       help="run one family of rows (and the reference): fasterdiffusion, tiec, fitted (blend "
+                            "weights fitted per key set), branch (the demo UNet's shallow branch), configured, peers "
+                            "or fewer-steps, or one key set of a family, "
                             "e.g. tiec/every:3, or one policy on it, e.g. tiec/every:3/linear, or fewer-steps rows "
                             "by step count, e.g. fewer-steps/20-39; the pieces in --out are joined into <model>-<sampler>.json/.md/.png after each piece")
     bench.add_argument("--config", type=Path, action="append", default=[],

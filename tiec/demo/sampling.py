@@ -19,7 +19,7 @@ def sample_digits(demo: Any, labels: Sequence[int], *, steps: int = 50, schedule
                   encoder_blocks: Optional[int] = None, parallel_decode: bool = False, seed: int = 0,
                   seeds: Optional[Sequence[int]] = None, progress: bool = False,
                   coordinate: str = "auto", noise_injection: bool = False,
-                  branch_depth: Optional[int] = None) -> SampleResult:
+                  branch_depth: Optional[int] = None, split: Any = None) -> SampleResult:
     """Sample one image per label from a demo model; the noise of image ``i`` comes from ``seed + i``,
     or from ``seeds[i]`` when given.
 
@@ -29,7 +29,8 @@ def sample_digits(demo: Any, labels: Sequence[int], *, steps: int = 50, schedule
 
     ``encoder_blocks`` is the split depth: DiT blocks in the encoder, or the UNet's first decoder
     up block (``None``: the model's default); ``branch_depth`` (UNet only) gives a shallow branch
-    instead (:class:`tiec.adapters.diffusers.UNet2DConditionSplit`).
+    instead (:class:`tiec.adapters.diffusers.UNet2DConditionSplit`). ``split`` replaces the split
+    those two would build (a wrapper of it, e.g. :func:`tiec.fit_blend`'s recorder).
 
     Returns the :class:`tiec.SampleResult`; its ``sample`` is ``(N, 1, 16, 16)`` in about [-1, 1].
     """
@@ -45,7 +46,9 @@ def sample_digits(demo: Any, labels: Sequence[int], *, steps: int = 50, schedule
     guided = guidance_scale != 1.0
     scheduler_ = demo.scheduler(scheduler)
     stochastic = "generator" in inspect.signature(scheduler_.step).parameters
-    if branch_depth is not None:
+    if split is not None:
+        pass
+    elif branch_depth is not None:
         if not hasattr(demo, "tokens"):
             raise TiecValueError(f"branch_depth={branch_depth} is a UNet split; this demo model is a DiT")
         split = demo.split(encoder_blocks, branch_depth=branch_depth)

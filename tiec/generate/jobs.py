@@ -179,8 +179,9 @@ class DemoJob:
                          self.depth)
         self.scheduler = self.model.scheduler(scheduler or "ddim")  # for checks; each call builds its own
         _check_steps(self.scheduler, steps)
+        self.policy = policy  # a spec, or a configuration's fitted weights (settings record its name)
         self.settings = dict(model=name, class_labels=given, images_per_input=num_images, steps=steps,
-                             scheduler=scheduler or "ddim", policy=policy, coordinate=coordinate,
+                             scheduler=scheduler or "ddim", policy=str(policy), coordinate=coordinate,
                              guidance_scale=guidance_scale, parallel_decode=parallel_decode,
                              seed=seed, device=device, dtype=dtype,
                              **({"encoder_blocks": encoder_blocks} if is_dit else {"decoder_start": decoder_start}),
@@ -196,7 +197,7 @@ class DemoJob:
 
         s = self.settings
         result = sample_digits(self.model, [self.labels[i] for i in indices], steps=s["steps"],
-                               scheduler=s["scheduler"], keys=keys, policy=s["policy"],
+                               scheduler=s["scheduler"], keys=keys, policy=self.policy,
                                guidance_scale=s["guidance_scale"], encoder_blocks=self.depth,
                                branch_depth=self.branch_depth,
                                parallel_decode=s["parallel_decode"], seeds=[s["seed"] + i for i in indices],
@@ -294,8 +295,9 @@ class PipelineJob:
         if branch_depth is not None:
             self.depth = {"branch_depth": branch_depth}
         inputs = {**self.inputs, **({} if kind == "prompt" else {"class_labels": labels})}  # labels as given
+        self.policy = policy  # a spec, or a configuration's fitted weights (settings record its name)
         self.settings = dict(model=str(path), pipeline=class_name, **inputs, images_per_input=num_images,
-                             steps=steps, scheduler=scheduler or type(self.pipe.scheduler).__name__, policy=policy,
+                             steps=steps, scheduler=scheduler or type(self.pipe.scheduler).__name__, policy=str(policy),
                              coordinate=coordinate, guidance_scale=guidance_scale, parallel_decode=False, seed=seed,
                              device=device, dtype=dtype, **self.depth)
         self.device = device
@@ -350,7 +352,7 @@ class PipelineJob:
             inputs["num_images_per_prompt"] = len(indices)
         split_keys = ("encoder_blocks", "decoder_start", "branch_depth")
         depth = {} if any(k in caching for k in split_keys) else self.depth  # a call's split replaces the job's
-        caching = {"policy": s["policy"], "coordinate": s["coordinate"], **depth, **caching}
+        caching = {"policy": self.policy, "coordinate": s["coordinate"], **depth, **caching}
         self.pipe.set_progress_bar_config(disable=not progress, **({"desc": progress} if isinstance(progress, str)
                                                                     else {}))
         with cached(self.pipe, keys=keys, **caching) as cache:

@@ -200,7 +200,7 @@ def caching_options(options: GenerateOptions) -> dict[str, Any]:
     if config.scheduler is not None and scheduler is not None and config.scheduler != scheduler:
         raise UsageError(f"--config {str(path)!r} was made for the {config.scheduler} scheduler, not {scheduler}; "
                          f"run with --scheduler {config.scheduler}, or calibrate for {scheduler}")
-    return dict(keys=config.keys, policy=config.policy, coordinate=config.coordinate,
+    return dict(keys=config.keys, policy=config.blend_policy(), coordinate=config.coordinate,
                 encoder_blocks=config.encoder_blocks, decoder_start=config.decoder_start,
                 branch_depth=config.branch_depth, config=str(path))
 

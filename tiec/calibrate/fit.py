@@ -1,0 +1,75 @@
+"""Fitting blend weights on a demo model: ``tiec fit``, the benchmark's ``fitted`` rows and the
+shipped DPM-Solver++ configurations.
+
+The inputs never meet the benchmark's: the fit samples ``num_inputs`` calibration images (seeds
+from 30,000, labels cycling 0-9) and scores each candidate on ``held_out`` others (seeds from
+40,000, labels shifted by 3), PSNR of the images against every step a key; the benchmark measures
+seeds 0-999, ``tiec calibrate`` 0-N and 10,000+, the studies 20,000+.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import torch
+
+from ..config import TiecConfig
+from ..fitted import FitResult, fit_blend
+from .candidates import split_options
+
+__all__ = ["CALIBRATION_SEED", "HELD_OUT_SEED", "fit_demo", "fitted_config"]
+
+CALIBRATION_SEED = 30_000
+HELD_OUT_SEED = 40_000
+GUIDANCE = 2.0
+
+
+@torch.no_grad()
+def fit_demo(demo: Any, scheduler: str, steps: int, keys: str, *, depth: Any = None, num_inputs: int = 32,
+             held_out: int = 64, num_keys: int = 3, ridge: float = 1e-4, rounds: int = 3,
+             progress: bool = False) -> FitResult:
+    """:func:`tiec.fit_blend` on a loaded demo model (``tiec.demo.load``) with guidance 2.
+
+    ``depth`` is a split depth label (an int: DiT encoder blocks / UNet decoder start, or
+    ``"branch:d"``; ``None``: the model's default).
+    """
+    from ..bench.metrics import psnr
+    from ..demo.sampling import sample_digits, to_unit
+
+    option = "decoder_start" if hasattr(demo, "tokens") else "encoder_blocks"
+    options = split_options(depth, option) if depth is not None else {}
+    split = demo.split(options.get(option), **({"branch_depth": options["branch_depth"]}
+                                               if "branch_depth" in options else {}))
+
+    def runner(seed: int, count: int, shift: int):
+        labels = [(i + shift) % 10 for i in range(count)]
+        seeds = list(range(seed, seed + count))
+
+        def run(split_: Any, **kw: Any) -> torch.Tensor:
+            return sample_digits(demo, labels, steps=steps, scheduler=scheduler, guidance_scale=GUIDANCE, seeds=seeds,
+                                 split=split_, coordinate="t", **kw).sample
+        return run
+
+    held = runner(HELD_OUT_SEED, held_out, 3)
+    reference = to_unit(held(split, keys="all", policy="hold"))
+    return fit_blend(runner(CALIBRATION_SEED, num_inputs, 0), split, keys=keys, num_keys=num_keys, ridge=ridge,
+                     rounds=rounds, progress=progress,
+                     score=lambda policy: psnr(to_unit(held(split, keys=keys, policy=policy)), reference))
+
+
+def fitted_config(model: str, scheduler: str, steps: int, keys: str, *, depth: Any = None,
+                  command: Optional[str] = None, progress: bool = False, **fit: Any) -> TiecConfig:
+    """Fit a demo model (by name) and return the configuration with the weights and how they scored."""
+    from ..demo import load
+
+    start = time.perf_counter()
+    demo = load(model)
+    result = fit_demo(demo, scheduler, steps, keys, depth=depth, progress=progress, **fit)
+    option = "decoder_start" if hasattr(demo, "tokens") else "encoder_blocks"
+    split = split_options(depth, option) if depth is not None else {}
+    return TiecConfig(keys=keys, policy="fitted", coordinate="t", steps=steps, scheduler=scheduler,
+                      weights=result.policy.to_list(), **split,
+                      provenance=dict(command=command, model=model, chosen=result.labels[result.best],
+                                      held_out_psnr_db={k: round(v, 3) for k, v in result.table().items()},
+                                      seconds=round(time.perf_counter() - start, 1)))
