@@ -240,13 +240,14 @@ def _hold(knots: Sequence[float], tau: float) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class FitResult:
-    """What :func:`fit_blend` found: the best weights, and every candidate tried (its label and
-    score, in order), with the index of the winner."""
+    """What :func:`fit_blend` found: the best weights, and every candidate tried (its label, score
+    and weights, in order), with the index of the winner."""
 
     policy: Fitted
     labels: tuple[str, ...]
     scores: tuple[float, ...]
     best: int
+    candidates: tuple[Fitted, ...] = ()
 
     def __repr__(self) -> str:
         return f"FitResult(best={self.labels[self.best]!r}, score={self.scores[self.best]:.2f}, policy={self.policy!r})"
@@ -386,4 +387,5 @@ def fit_blend(
                     break
                 line = refit
     best = max(range(len(candidates)), key=lambda n: candidates[n][1])
-    return FitResult(candidates[best][2], tuple(c[0] for c in candidates), tuple(c[1] for c in candidates), best)
+    return FitResult(candidates[best][2], tuple(c[0] for c in candidates), tuple(c[1] for c in candidates), best,
+                     tuple(c[2] for c in candidates))
