@@ -213,3 +213,30 @@ def test_a_pipeline_runs_a_fitted_config_with_its_weights_and_refuses_other_step
     with tiec_diffusers.cached(pipe, config=TiecConfig(keys="every:3", policy="fitted", coordinate="t",
                                                        weights=held.to_list())):
         assert not torch.equal(pipe(num_inference_steps=6, **kwargs()).images, linear)
+
+
+def test_tiec_fit_writes_a_config_that_generate_runs(tmp_path, capsys):
+    from tiec.cli import main
+
+    out = tmp_path / "fitted.json"
+    assert main(["fit", "--model", "dit-digits", "--scheduler", "dpm", "--steps", "6", "--keys", "every:3",
+                 "--calibration", "2", "--held-out", "2", "--rounds", "1", "--out", str(out), "--quiet"]) == 0
+    config = load_config(out)
+    assert (config.policy, config.coordinate, config.steps, config.scheduler) == ("fitted", "t", 6, "dpm")
+    assert len(config.weights) == 4 and "tiec fit --model dit-digits" in config.provenance["command"]
+    assert config.provenance["chosen"] in config.provenance["held_out_psnr_db"]
+    assert main(["generate", "--model", "dit-digits", "--scheduler", "dpm", "--steps", "6", "--config", str(out),
+                 "--class-labels", "1", "--out", str(tmp_path / "images"), "--quiet"]) == 0
+    record = json.loads((tmp_path / "images" / "record.json").read_text())
+    assert record["policy"] == "fitted" and record["encoder_calls"] == 2
+    for argv, message in [(["--keys", "all"], "makes every one of the 6 steps a key"),
+                          (["--decoder-start", "1"], "--decoder-start does not apply to the demo model"),
+                          (["--ridge", "-1"], "--ridge -1.0 must be a finite number >= 0"),
+                          (["--keys", "every:0"], "--keys 'every:0'")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--steps", "6", "--out", str(tmp_path / "x.json"), *argv])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a fitted config at another step count
+        main(["generate", "--model", "dit-digits", "--scheduler", "dpm", "--steps", "8", "--config", str(out),
+              "--out", str(tmp_path / "other"), "--quiet"])
+    assert "was made for 6 steps" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The ``tiec`` command line: one module per command, each parsing its options and calling its
-application (:mod:`tiec.generate`, :mod:`tiec.bench`, :mod:`tiec.calibrate`).
+application (:mod:`tiec.generate`, :mod:`tiec.bench`, :mod:`tiec.calibrate`; ``tiec fit``:
+:func:`tiec.calibrate.fit.fitted_config`).
 
 ``tiec generate`` is the default command. Bad input prints one line naming the option and the fix
 and exits with code 2; Ctrl-C (exit 130) and a failed write such as a full disk (exit 1) end in one
@@ -13,11 +14,11 @@ import sys
 from typing import Optional, Sequence
 
 from .._errors import TiecError
-from . import bench, calibrate, generate
+from . import bench, calibrate, fit, generate
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = {"generate": generate, "bench": bench, "calibrate": calibrate}
+COMMANDS = {"generate": generate, "bench": bench, "calibrate": calibrate, "fit": fit}
 
 
 def build_parser() -> argparse.ArgumentParser:
