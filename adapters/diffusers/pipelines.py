@@ -32,7 +32,7 @@ import torch
 from tiec._errors import TiecError, TiecNotImplementedError, TiecTypeError, TiecValueError
 from tiec.cached_model import CachedModel
 from tiec.config import ConfigLike, merge_config
-from tiec.coordinates import auto_coordinate, log_sigma_at
+from tiec.coordinates import log_sigma_at
 from tiec.policies import Linear, PolicyLike
 from tiec.schedules import KeysLike
 from tiec.streams import CacheStreams
@@ -309,8 +309,7 @@ def enable(
             (DiTTransformer2DModel), and ``pipe.scheduler``.
         keys: key schedule over the distinct timesteps of each call (``None``: every step, which
             reproduces the pipeline exactly).
-        policy: ``"hold"``, ``"linear"`` (``None``: linear), ``"polynomial(k)"`` or a
-            :class:`tiec.Fitted` (a fitted configuration's weights, keyed by ``t``).
+        policy: ``"hold"``, ``"linear"`` (``None``: linear), ``"polynomial(k)"`` or fitted weights.
         coordinate: blend over ``"t"`` (``None``, ``"auto"``), the step position ``"step"``, or
             ``"log_sigma"`` (σ from the scheduler's ``alphas_cumprod``).
         decoder_start: UNet only: the first up block the decoder runs (``None``: 0).
@@ -338,7 +337,7 @@ def enable(
     options = merge_config(config, keys=keys, policy=policy, coordinate=coordinate, decoder_start=decoder_start,
                            encoder_blocks=encoder_blocks, branch_depth=branch_depth)
     keys, policy = options["keys"], Linear() if options["policy"] is None else options["policy"]
-    coordinate = {None: "t", "auto": auto_coordinate(policy)}.get(options["coordinate"], options["coordinate"])
+    coordinate = options["coordinate"] if options["coordinate"] not in (None, "auto") else "t"  # auto: t without lookahead
     decoder_start = options["decoder_start"] or 0
     encoder_blocks = options["encoder_blocks"]
     branch_depth = options["branch_depth"]
