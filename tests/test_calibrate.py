@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import tiec
 from tiec import load_config
-from tiec.calibrate import pareto_front
+from tiec.calibrate import pareto_front, recommend
 from tiec.calibrate.candidates import neighbours as schedule_neighbours
 from tiec.cli import main
 
@@ -77,8 +78,27 @@ def test_each_front_point_is_compared_with_the_uniform_grids_and_fewer_steps(qui
             continue
         assert best["grids"] and best["macs"] <= macs and best["held_out_psnr_db"] == max(cheaper)
         assert point["margin_over_uniform_db"] == pytest.approx(point["held_out_psnr_db"] - best["held_out_psnr_db"])
-    table = (out / "dit-digits-ddim-quick-calibration.md").read_text()
+    table, _, fitted = (out / "dit-digits-ddim-quick-calibration.md").read_text().partition("Fitted weights")
     assert table.count("\n| 0.") == len(comparison) and results["command"] in table
+    assert fitted.count("\n| 0.") == len(results["fitted"])
+
+
+def test_fitted_weights_are_weighed_on_held_out_inputs(quick):
+    _, results = quick
+    assert results["fitted"], "the quick search fits the would-be pick's schedule and keys every 3"
+    for row in results["fitted"]:
+        assert row["policy"] == "fitted" and row["coordinate"] == "t" and row["chosen"] in row["candidates"]
+        assert row["held_out_psnr_db"] == max(row["candidates"].values())
+        tiec.Fitted.from_list(row["weights"])
+    # a fitted candidate that beats the pick on held-out inputs at no more MACs becomes the config
+    pick = results["recommended"]
+    rival = dict(results["fitted"][0], macs=pick["macs"], mac_ratio=pick["mac_ratio"],
+                 held_out_psnr_db=pick["held_out_psnr_db"] + 1.0)
+    again = recommend({**results, "fitted": [rival]}, results["budget"])
+    config = tiec.TiecConfig.from_dict(again["config"])
+    assert config.policy == "fitted" and config.blend_policy() == tiec.Fitted.from_list(rival["weights"])
+    worse = dict(rival, held_out_psnr_db=pick["held_out_psnr_db"] - 1.0)
+    assert recommend({**results, "fitted": [worse]}, results["budget"])["config"]["policy"] == pick["policy"]
 
 
 def test_the_calibrated_config_runs_in_generate(quick, tmp_path):

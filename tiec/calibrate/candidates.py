@@ -26,12 +26,13 @@ class Candidate:
     depth: Depth
 
     def config(self, steps: int, *, depth_option: str, scheduler: Optional[str] = None,
-               **provenance: Any) -> TiecConfig:
+               weights: Optional[list] = None, **provenance: Any) -> TiecConfig:
         """This candidate as a :class:`TiecConfig` for ``steps`` steps of ``scheduler`` (a
         ``--scheduler`` name; ``None``: a pipeline's own); ``depth_option`` is ``encoder_blocks`` or
-        ``decoder_start`` (a ``"branch:<layers>"`` depth sets ``branch_depth`` instead)."""
+        ``decoder_start`` (a ``"branch:<layers>"`` depth sets ``branch_depth`` instead);
+        ``weights``: a fitted candidate's (:meth:`tiec.Fitted.to_list`)."""
         return TiecConfig(keys=",".join(map(str, self.keys)), policy=self.policy, coordinate=self.coordinate,
-                          steps=steps, scheduler=scheduler, provenance=dict(provenance),
+                          steps=steps, scheduler=scheduler, weights=weights, provenance=dict(provenance),
                           **split_options(self.depth, depth_option))
 
 

@@ -81,6 +81,16 @@ class DemoEvaluator:
         e, d, r = self.unit_macs[candidate.depth]
         return encoder_calls * e + decoder_calls * d + refresh_calls * r
 
+    def fit(self, keys: Sequence[int], depth: Any, calibration: tuple[list[int], list[int]],
+            held_out: tuple[list[int], list[int]]) -> Any:
+        """Blend weights fitted for ``keys`` at ``depth`` on the calibration inputs, each candidate
+        scored on the held-out ones (:func:`tiec.calibrate.fit.fit_demo`)."""
+        from .fit import fit_demo
+
+        self.evaluations += 1
+        return fit_demo(self.demo, self.scheduler, self.steps, list(keys), depth=depth,
+                        calibration_inputs=calibration, held_out_inputs=held_out)
+
     @torch.no_grad()
     def images(self, candidate: Candidate, inputs: tuple[list[int], list[int]],
                steps: Optional[int] = None) -> tuple[torch.Tensor, int]:

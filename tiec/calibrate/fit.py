@@ -1,7 +1,7 @@
 """Fitting blend weights on a demo model: ``tiec fit``, the benchmark's ``fitted`` rows and the
 shipped DPM-Solver++ configurations.
 
-The inputs never meet the benchmark's: the fit samples ``num_inputs`` calibration images (seeds
+By default the inputs never meet the benchmark's: the fit samples ``num_inputs`` calibration images (seeds
 from 30,000, labels cycling 0-9) and scores each candidate on ``held_out`` others (seeds from
 40,000, labels shifted by 3), PSNR of the images against every step a key; the benchmark measures
 seeds 0-999, ``tiec calibrate`` 0-N and 10,000+, the studies 20,000+.
@@ -18,21 +18,29 @@ from ..config import TiecConfig
 from ..fitted import FitResult, fit_blend
 from .candidates import split_options
 
-__all__ = ["CALIBRATION_SEED", "HELD_OUT_SEED", "fit_demo", "fitted_config"]
+__all__ = ["CALIBRATION_SEED", "HELD_OUT_SEED", "demo_inputs", "fit_demo", "fitted_config"]
 
 CALIBRATION_SEED = 30_000
 HELD_OUT_SEED = 40_000
 GUIDANCE = 2.0
 
 
+def demo_inputs(count: int, seed: int, shift: int = 0) -> tuple[list[int], list[int]]:
+    """``(labels, seeds)``: labels cycling 0-9 from ``shift``, seeds from ``seed``."""
+    return [(i + shift) % 10 for i in range(count)], list(range(seed, seed + count))
+
+
 @torch.no_grad()
-def fit_demo(demo: Any, scheduler: str, steps: int, keys: str, *, depth: Any = None, num_inputs: int = 32,
+def fit_demo(demo: Any, scheduler: str, steps: int, keys: Any, *, depth: Any = None, num_inputs: int = 32,
              held_out: int = 64, num_keys: int = 3, ridge: float = 1e-4, rounds: int = 3,
-             progress: bool = False) -> FitResult:
+             calibration_inputs: Optional[tuple[list[int], list[int]]] = None,
+             held_out_inputs: Optional[tuple[list[int], list[int]]] = None, progress: bool = False) -> FitResult:
     """:func:`tiec.fit_blend` on a loaded demo model (``tiec.demo.load``) with guidance 2.
 
     ``depth`` is a split depth label (an int: DiT encoder blocks / UNet decoder start, or
-    ``"branch:d"``; ``None``: the model's default).
+    ``"branch:d"``; ``None``: the model's default). The inputs are ``num_inputs`` and
+    ``held_out`` of this module's own, unless ``calibration_inputs`` / ``held_out_inputs``
+    (``(labels, seeds)``, e.g. ``tiec calibrate``'s) are given.
     """
     from ..bench.metrics import psnr
     from ..demo.sampling import sample_digits, to_unit
@@ -42,19 +50,18 @@ def fit_demo(demo: Any, scheduler: str, steps: int, keys: str, *, depth: Any = N
     split = demo.split(options.get(option), **({"branch_depth": options["branch_depth"]}
                                                if "branch_depth" in options else {}))
 
-    def runner(seed: int, count: int, shift: int):
-        labels = [(i + shift) % 10 for i in range(count)]
-        seeds = list(range(seed, seed + count))
+    def runner(inputs: tuple[list[int], list[int]]):
+        labels, seeds = inputs
 
         def run(split_: Any, **kw: Any) -> torch.Tensor:
             return sample_digits(demo, labels, steps=steps, scheduler=scheduler, guidance_scale=GUIDANCE, seeds=seeds,
                                  split=split_, coordinate="t", **kw).sample
         return run
 
-    held = runner(HELD_OUT_SEED, held_out, 3)
+    held = runner(held_out_inputs or demo_inputs(held_out, HELD_OUT_SEED, 3))
     reference = to_unit(held(split, keys="all", policy="hold"))
-    return fit_blend(runner(CALIBRATION_SEED, num_inputs, 0), split, keys=keys, num_keys=num_keys, ridge=ridge,
-                     rounds=rounds, progress=progress,
+    return fit_blend(runner(calibration_inputs or demo_inputs(num_inputs, CALIBRATION_SEED)), split, keys=keys,
+                     num_keys=num_keys, ridge=ridge, rounds=rounds, progress=progress,
                      score=lambda policy: psnr(to_unit(held(split, keys=keys, policy=policy)), reference))
 
 

@@ -38,6 +38,13 @@ def markdown_table(results: dict) -> str:
                      f"{point['policy']}, {point['coordinate']}, {point['depth']} | {db(point['held_out_psnr_db'])} | "
                      f"{uniform_text} | {margin(point['margin_over_uniform_db'])} | {fewer_text} | "
                      f"{margin(point['margin_over_fewer_steps_db'])} |")
+    if results.get("fitted"):
+        lines += ["", "Fitted weights (`tiec.fit_blend`: fitted on the calibration inputs, every candidate scored on "
+                  "the held-out inputs; the best kept):", "",
+                  "| MACs | keys | depth | held-out | best candidate |", "|---|---|---|---|---|"]
+        for row in results["fitted"]:
+            lines.append(f"| {row['mac_ratio']:.3f} | {len(row['keys'])}: `{','.join(map(str, row['keys']))}` | "
+                         f"{row['depth']} | {db(row['held_out_psnr_db'])} | {row['chosen']} |")
     return "\n".join(lines) + "\n"
 
 

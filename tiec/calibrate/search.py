@@ -12,11 +12,15 @@ reference on the same noise:
 3. **refinement**: the Pareto front's schedules are moved key by key (each key one or two steps
    earlier or later, keys added beside a key, keys removed) while that raises PSNR without raising
    MACs — a greedy search for non-uniform schedules, stopped early when a sweep finds nothing, or by
-   the time budget.
+   the time budget;
+4. **fitted weights** (demo models): for the front point the pick would be and for uniform keys
+   every 2, 3 and 5, blend weights fitted on the calibration inputs (:func:`tiec.fit_blend`),
+   scored on the held-out inputs.
 
 The front (no candidate with fewer MACs and a higher PSNR) is then validated on *held-out* inputs
 (other seeds and labels), beside the same sampler with fewer steps and the uniform grid, and the
-best front point within ``budget`` (a MAC ratio to the reference) is written as a
+best front point within ``budget`` (a MAC ratio to the reference) -- or a fitted candidate at the
+same or lower MACs that scored higher on the held-out inputs -- is written as a
 :class:`tiec.TiecConfig`.
 """
 
@@ -179,6 +183,7 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
             score(candidate)
             scores[candidate]["held_out_psnr_db"] = psnr(evaluator.images(candidate, hold)[0], reference["held"])
             bar.update(1)
+    fitted = _fit(evaluator, front, scores, budget, best[0][2], steps, quick, cal, hold, progress, score)
     fewer = []
     # a coarse curve, and for each front point the most steps within its MACs (the fair comparison)
     counts = {max(1, round(steps * r)) for r in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)}
@@ -214,13 +219,40 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
                 evaluations=evaluator.evaluations, refinement_sweeps=sweeps,
                 seconds=round(time.perf_counter() - start, 1), policy_rank=[list(c) for c in best],
                 candidates=list(rows.values()), fewer_steps=fewer, front_comparison=comparison,
-                depth_option=evaluator.depth_option)
+                depth_option=evaluator.depth_option, fitted=fitted)
     return recommend(results, budget)
+
+
+def _fit(evaluator: Any, front: list[Candidate], scores: dict, budget: float, depth: Any, steps: int, quick: bool,
+         cal: Any, hold: Any, progress: bool, score: Any) -> list[dict]:
+    """4. Fitted weights (demo models): for the front point the pick would be and for uniform keys
+    every 2, 3 and 5 at the best combination's depth, weights fitted on the calibration inputs,
+    each candidate scored on the held-out inputs (:func:`tiec.fit_blend`)."""
+    if not hasattr(evaluator, "fit"):
+        return []
+    within = [c for c in front if scores[c]["mac_ratio"] <= budget] or front[:1]
+    provisional = max(within, key=lambda c: scores[c]["psnr_db"])
+    targets = [(provisional.keys, provisional.depth)]
+    targets += [(uniform(k).key_steps(steps), depth) for k in ((3,) if quick else (2, 3, 5))]
+    targets = [target for target in dict.fromkeys(targets) if len(target[0]) < steps]
+    rows = []
+    with progress_bar(total=len(targets), enabled=progress, desc="fitting") as bar:
+        for keys, at in targets:
+            result = evaluator.fit(keys, at, cal, hold)
+            cost = score(Candidate(keys, "linear", "t", at))  # blending costs no counted operation
+            rows.append(dict(keys=list(keys), policy="fitted", coordinate="t", depth=at, macs=cost["macs"],
+                             mac_ratio=cost["mac_ratio"], held_out_psnr_db=result.scores[result.best],
+                             chosen=result.labels[result.best], candidates=result.table(),
+                             weights=result.policy.to_list()))
+            bar.update(1)
+    return rows
 
 
 def recommend(results: dict, budget: float) -> dict:
     """Pick the configuration from a finished search: the front point with the best calibration
-    PSNR within ``budget`` (a MAC ratio; the cheapest front point when none fits), beside the
+    PSNR within ``budget`` (a MAC ratio; the cheapest front point when none fits), replaced by the
+    fitted candidate with the best held-out PSNR at the same or lower MACs where one beats it there;
+    beside the
     uniform schedule with the best held-out PSNR at the same or lower MACs. Returns a copy of
     ``results`` with ``budget``, ``recommended``, ``best_uniform_within_budget`` and ``config``
     set, so another budget needs no new search (``tiec calibrate --from-results``).
@@ -230,12 +262,17 @@ def recommend(results: dict, budget: float) -> dict:
     front = [r for r in results["candidates"] if r["front"]]
     within = [r for r in front if r["mac_ratio"] <= budget]
     pick = max(within, key=lambda r: decibels(r, "psnr_db")) if within else min(front, key=lambda r: r["macs"])
+    # fitted weights win where they score higher on the held-out inputs at the same or lower MACs
+    better = [f for f in results.get("fitted", []) if f["macs"] <= pick["macs"]
+              and decibels(f, "held_out_psnr_db") > decibels(pick, "held_out_psnr_db")]
+    if better:
+        pick = max(better, key=lambda f: decibels(f, "held_out_psnr_db"))
     best = best_uniform(results["candidates"], pick["macs"])
     depth_option = results.get("depth_option") or next(
         k for k in ("encoder_blocks", "decoder_start") if results["config"].get(k) is not None)
     chosen = Candidate(tuple(pick["keys"]), pick["policy"], pick["coordinate"], pick["depth"])
     config = chosen.config(results["steps"], depth_option=depth_option, scheduler=results.get("sampler"),
-                           mac_ratio=pick["mac_ratio"],
-                           calibration_psnr_db=pick["psnr_db"], held_out_psnr_db=pick.get("held_out_psnr_db"))
+                           weights=pick.get("weights"), mac_ratio=pick["mac_ratio"],
+                           calibration_psnr_db=pick.get("psnr_db"), held_out_psnr_db=pick.get("held_out_psnr_db"))
     return {**results, "budget": budget, "recommended": pick, "best_uniform_within_budget": best,
             "config": config.to_dict()}

@@ -124,5 +124,6 @@ def _report(results: dict, paths: list[Path], args: argparse.Namespace) -> None:
     print(f"{results['evaluations']} evaluations in {results['seconds']} s; recommended {fits} "
           f"{results['budget']} of the MACs: keys {','.join(map(str, pick['keys']))}, {pick['policy']}, "
           f"{pick['coordinate']}, {depth} {pick['depth']}: {pick['mac_ratio']:.3f} of the MACs, PSNR "
-          f"{pick['psnr_db']:.2f} dB (held out: {pick['held_out_psnr_db']:.2f} dB)")
+          + (f"{pick['psnr_db']:.2f} dB (held out: " if "psnr_db" in pick else "held out ")
+          + f"{pick['held_out_psnr_db']:.2f} dB" + (")" if "psnr_db" in pick else ""))
     print("wrote " + ", ".join(str(p) for p in paths))
