@@ -88,8 +88,12 @@ def test_the_unet_grids_have_the_shallow_branch_rows_and_the_dit_grids_do_not():
         grid = method_grid(sampler, model="unet-digits")
         branch = [m for m in grid if m.family == "branch"]
         assert {(m.branch_depth, m.keys, m.policy) for m in branch} == {
-            (d, f"every:{k}", p) for d in (1, 2) for k in (2, 3, 5) for p in ("hold", "linear", "lookahead-accept")}
-        assert all(m.coordinate == ("auto" if m.policy == "lookahead-accept" else "step") for m in branch)
+            (d, f"every:{k}", p) for d in (1, 2) for k in (2, 3, 5) for p in ("hold", "linear", "lookahead-accept")
+        } | {(1, f"every:{k}", "fitted") for k in (2, 3, 5)}  # weights fitted for the finest cut
+        coordinates = {"lookahead-accept": "auto", "fitted": "t"}
+        assert all(m.coordinate == coordinates.get(m.policy, "step") for m in branch)
+        assert part_filter("branch/every:5/fitted", grid)(next(m for m in branch if m.policy == "fitted"
+                                                                and m.keys == "every:5"))
         keep = part_filter("branch/every:3/linear", grid)
         assert [m.branch_depth for m in grid if keep(m)] == [1, 2]
         assert not any(m.family == "branch" for m in method_grid(sampler, model="dit-digits"))

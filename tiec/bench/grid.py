@@ -116,14 +116,16 @@ BRANCH_CUTS = {1: "finest cut", 2: "block cut"}
 
 def branch_methods(steps: int, *, quick: bool = False) -> list[Method]:
     """The UNet shallow-branch rows: each cut with ``hold`` (DeepCache's rule), ``linear`` and
-    ``lookahead-accept`` on keys every 2, 3 and 5 steps. ``linear`` blends over the step index and
-    the lookahead over log σ, the coordinates each measured best on this UNet
-    (docs/choosing-keys.md)."""
+    ``lookahead-accept`` on keys every 2, 3 and 5 steps, and weights fitted for the finest cut.
+    ``linear`` blends over the step index and the lookahead over log σ, the coordinates each
+    measured best on this UNet (docs/choosing-keys.md)."""
     key_sets = ["every:3"] if quick else ["every:2", "every:3", "every:5"]
-    policies = ["hold", "linear"] if quick else ["hold", "linear", "lookahead-accept"]
+    policies = ["hold", "linear"] if quick else ["hold", "linear", "lookahead-accept", "fitted"]
+    coordinates = {"lookahead-accept": "auto", "fitted": "t"}
     return [Method(f"TIEC branch {depth} ({cut}) {policy}, keys {keys}", "branch", steps, keys, policy,
-                   branch_depth=depth, coordinate="auto" if policy.startswith("lookahead") else "step")
-            for depth, cut in BRANCH_CUTS.items() for keys in key_sets for policy in policies]
+                   branch_depth=depth, coordinate=coordinates.get(policy, "step"))
+            for depth, cut in BRANCH_CUTS.items() for keys in key_sets for policy in policies
+            if policy != "fitted" or depth == 1]
 
 
 def fewer_steps(methods_macs: Sequence[tuple[Method, int]], reference_macs: int, steps: int) -> list[Method]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -14,7 +14,7 @@ from .._errors import TiecValueError
 from .._files import json_text, save_figure, write_atomic
 from .grid import PARTS
 
-__all__ = ["combine", "machine", "markdown_table", "plot", "write_results"]
+__all__ = ["BUDGETS", "budget_table", "combine", "machine", "markdown_table", "plot", "write_results"]
 
 
 def machine() -> dict:
@@ -100,11 +100,48 @@ def markdown_table(results: dict) -> str:
             f"| {_fmt(row.get('mac_ratio'), '.3f')} | {_fmt(row['encoder_calls'], 'd')}/{row['decoder_calls']} | {wall} "
             f"| {_fmt(row['psnr_db'], '.2f', row.get('psnr_db_is_infinite', False))} | {_fmt(row['ssim'], '.4f')} | {_fmt(row['max_abs_error'], '.3f')} "
             f"| {_fmt(row['frechet_distance'], '.3f')} | {_fmt(row['accuracy'], '.3f')} |")
+    if results.get("part") is None:
+        lines += ["", budget_table(results)]
+    return "\n".join(lines) + "\n"
+
+
+#: The families of tiec's own rows, and of the rows they are weighed against, in :func:`budget_table`.
+TIEC_FAMILIES = ("tiec", "fitted", "branch", "configured")
+RIVAL_FAMILIES = ("fewer-steps", "fasterdiffusion", "peer")
+BUDGETS = (0.2, 0.3, 0.4, 0.5, 0.6)
+
+
+def budget_table(results: dict, budgets: Sequence[float] = BUDGETS) -> str:
+    """At each MAC budget, the best tiec row against the best row of fewer steps, FasterDiffusion
+    and the peers at the same budget (PSNR to every step a key), and the margin; a markdown table.
+
+    Examples:
+        >>> rows = [dict(name="TIEC a", family="tiec", mac_ratio=0.35, psnr_db=40.0, error=None),
+        ...         dict(name="fewer steps: 7", family="fewer-steps", mac_ratio=0.35, psnr_db=38.5, error=None)]
+        >>> print(budget_table({"rows": rows}, [0.4]).splitlines()[-1])
+        | 0.40 | TIEC a (0.350): 40.0 | fewer steps: 7 (0.350): 38.5 | +1.5 |
+    """
+    def best(families: Sequence[str], budget: float) -> Optional[dict]:
+        rows = [r for r in results["rows"] if r["family"] in families and not r.get("error")
+                and r.get("psnr_db") is not None and r.get("mac_ratio") is not None and r["mac_ratio"] <= budget + 1e-9]
+        return max(rows, key=lambda r: r["psnr_db"], default=None)
+
+    def cell(row: Optional[dict]) -> str:
+        return "–" if row is None else f"{row['name']} ({row['mac_ratio']:.3f}): {row['psnr_db']:.1f}"
+
+    lines = ["At each MAC budget: the best tiec row (families " + ", ".join(TIEC_FAMILIES) + ") and the best of "
+             "fewer steps, FasterDiffusion and the peers within it (PSNR to every step a key, dB)", "",
+             "| budget | best tiec | best other | margin |", "|---|---|---|---|"]
+    for budget in budgets:
+        ours, theirs = best(TIEC_FAMILIES, budget), best(RIVAL_FAMILIES, budget)
+        margin = "–" if ours is None or theirs is None else f"{ours['psnr_db'] - theirs['psnr_db']:+.1f}"
+        lines.append(f"| {budget:.2f} | {cell(ours)} | {cell(theirs)} | {margin} |")
     return "\n".join(lines) + "\n"
 
 
 FAMILY_STYLE = {"reference": ("k", "*"), "fewer-steps": ("tab:gray", "o"), "fasterdiffusion": ("tab:orange", "s"),
-                "tiec": ("tab:blue", "^"), "branch": ("tab:purple", "v"), "fitted": ("tab:olive", "*"), "configured": ("tab:red", "P"),
+                "tiec": ("tab:blue", "^"), "branch": ("tab:purple", "v"), "fitted": ("tab:olive", "*"),
+                "configured": ("tab:red", "P"),
                 "peer": ("tab:green", "D")}
 
 
