@@ -240,3 +240,18 @@ def test_tiec_fit_writes_a_config_that_generate_runs(tmp_path, capsys):
         main(["generate", "--model", "dit-digits", "--scheduler", "dpm", "--steps", "8", "--config", str(out),
               "--out", str(tmp_path / "other"), "--quiet"])
     assert "was made for 6 steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["dit-digits", "unet-digits"])
+def test_generate_with_dpm_runs_the_shipped_dpm_configuration(model, tmp_path):
+    from tiec.cli import main
+    from tiec.demo import calibrated_config
+
+    shipped = calibrated_config(model, "dpm", 20)
+    assert shipped is not None and shipped.name == "calibrated-dpm.json"
+    assert main(["generate", "--model", model, "--scheduler", "dpm", "--class-labels", "7",
+                 "--out", str(tmp_path), "--quiet", "--no-count-macs"]) == 0  # DPM-Solver++: 20 steps by default
+    record = json.loads((tmp_path / "record.json").read_text())
+    config = load_config(shipped)
+    assert record["steps"] == 20 and record["config"] == str(shipped) and record["policy"] == config.policy
+    assert record["encoder_calls"] == len(tiec.get_schedule(config.keys).key_steps(20))

@@ -44,8 +44,14 @@ __all__ = ["calibrate", "default_steps", "recommend"]
 
 
 def default_steps(sampler: Optional[str]) -> int:
-    """DPM-Solver++ and UniPC: 20 steps; every other sampler (and a pipeline's own): 50."""
-    return 20 if sampler in ("dpm", "unipc") else 50
+    """DPM-Solver++ (``dpm``, ``dpm-karras``, ``dpm-sde``) and UniPC: 20 steps; every other sampler
+    (and a pipeline's own): 50. ``tiec generate`` and ``tiec calibrate`` use it.
+
+    Examples:
+        >>> default_steps("dpm"), default_steps("ddim"), default_steps(None)
+        (20, 50, 50)
+    """
+    return 20 if sampler in ("dpm", "dpm-karras", "dpm-sde", "unipc") else 50
 
 
 def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps: Optional[int] = None,

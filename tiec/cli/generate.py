@@ -35,7 +35,8 @@ def add_parser(commands: Any) -> None:
     model.add_argument("--device", default="cpu", help="torch device (default cpu)")
     model.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model dtype (default float32)")
     sampler = parser.add_argument_group("sampler and caching")
-    sampler.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    sampler.add_argument("--steps", type=int,
+                         help="sampling steps (default 20 for dpm, dpm-karras, dpm-sde and unipc, 50 otherwise)")
     sampler.add_argument("--scheduler", choices=sorted(SCHEDULERS),
                          help="diffusers scheduler (default: ddim for demo models, the pipeline's own otherwise)")
     sampler.add_argument("--config", type=Path,

@@ -12,7 +12,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -50,7 +50,7 @@ class GenerateOptions:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
-    steps: int = 50
+    steps: Optional[int] = None  # None: 20 for the DPM-Solver++ schedulers and UniPC, else 50
     scheduler: Optional[str] = None
     config: Optional[Path] = None
     keys: Optional[str] = None
@@ -216,8 +216,11 @@ def generate(options: GenerateOptions) -> Optional[dict]:
     Raises:
         UsageError: bad options, before any model is loaded or any file written.
     """
+    from ..calibrate.search import default_steps
+
     start = time.perf_counter()
     check_options(options)
+    options = replace(options, steps=options.steps or default_steps(options.scheduler))
     state = process_state(options.device)
     is_demo = options.model in DEMO_MODELS
     caching = caching_options(options)
