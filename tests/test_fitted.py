@@ -222,13 +222,18 @@ def test_tiec_fit_writes_a_config_that_generate_runs(tmp_path, capsys):
     assert main(["fit", "--model", "dit-digits", "--scheduler", "dpm", "--steps", "6", "--keys", "every:3",
                  "--calibration", "2", "--held-out", "2", "--rounds", "1", "--out", str(out), "--quiet"]) == 0
     config = load_config(out)
-    assert (config.policy, config.coordinate, config.steps, config.scheduler) == ("fitted", "t", 6, "dpm")
-    assert len(config.weights) == 4 and "tiec fit --model dit-digits" in config.provenance["command"]
-    assert config.provenance["chosen"] in config.provenance["held_out_psnr_db"]
+    assert (config.coordinate, config.steps, config.scheduler) == ("t", 6, "dpm")
+    chosen = config.provenance["chosen"]
+    assert config.provenance["held_out_psnr_db"][chosen] == max(config.provenance["held_out_psnr_db"].values())
+    if chosen in ("hold", "linear"):  # no fit beat the fixed rule: the rule is written
+        assert config.policy == chosen and config.weights is None
+    else:
+        assert config.policy == "fitted" and len(config.weights) == 4
+    assert "tiec fit --model dit-digits" in config.provenance["command"]
     assert main(["generate", "--model", "dit-digits", "--scheduler", "dpm", "--steps", "6", "--config", str(out),
                  "--class-labels", "1", "--out", str(tmp_path / "images"), "--quiet"]) == 0
     record = json.loads((tmp_path / "images" / "record.json").read_text())
-    assert record["policy"] == "fitted" and record["encoder_calls"] == 2
+    assert record["policy"] == config.policy and record["encoder_calls"] == 2
     for argv, message in [(["--keys", "all"], "makes every one of the 6 steps a key"),
                           (["--decoder-start", "1"], "--decoder-start does not apply to the demo model"),
                           (["--ridge", "-1"], "--ridge -1.0 must be a finite number >= 0"),
@@ -255,3 +260,16 @@ def test_generate_with_dpm_runs_the_shipped_dpm_configuration(model, tmp_path):
     config = load_config(shipped)
     assert record["steps"] == 20 and record["config"] == str(shipped) and record["policy"] == config.policy
     assert record["encoder_calls"] == len(tiec.get_schedule(config.keys).key_steps(20))
+
+
+@pytest.mark.parametrize("chosen, policy", [("linear", "linear"), ("hold", "hold"), ("linear, refit 1", "fitted")])
+def test_a_fit_that_no_refit_improves_writes_the_fixed_rule(monkeypatch, chosen, policy):
+    import tiec.calibrate.fit as fit_module
+
+    weights = Fitted((FittedStep(500.0, (900.0, 700.0), (-1.0, 2.0)),))
+    labels = ("hold", "linear", "teacher forcing", "linear, refit 1")
+    result = tiec.FitResult(weights, labels, (1.0, 2.0, 0.5, 1.5), labels.index(chosen), (weights,) * 4)
+    monkeypatch.setattr(fit_module, "fit_demo", lambda *args, **kwargs: result)
+    config = fit_module.fitted_config("dit-digits", "ddim", 10, "every:3")
+    assert config.policy == policy and (config.weights is None) == (policy != "fitted")
+    assert config.provenance["chosen"] == chosen and config.coordinate == "t"

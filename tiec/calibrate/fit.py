@@ -67,7 +67,11 @@ def fit_demo(demo: Any, scheduler: str, steps: int, keys: Any, *, depth: Any = N
 
 def fitted_config(model: str, scheduler: str, steps: int, keys: str, *, depth: Any = None,
                   command: Optional[str] = None, progress: bool = False, **fit: Any) -> TiecConfig:
-    """Fit a demo model (by name) and return the configuration with the weights and how they scored."""
+    """Fit a demo model (by name) and return the configuration with the weights and how they scored.
+
+    Where the best candidate is a start's fixed rule (``hold`` or ``linear``: no fit beat it on
+    the held-out inputs), the configuration names that policy instead of listing its weights.
+    """
     from ..demo import load
 
     start = time.perf_counter()
@@ -75,8 +79,10 @@ def fitted_config(model: str, scheduler: str, steps: int, keys: str, *, depth: A
     result = fit_demo(demo, scheduler, steps, keys, depth=depth, progress=progress, **fit)
     option = "decoder_start" if hasattr(demo, "tokens") else "encoder_blocks"
     split = split_options(depth, option) if depth is not None else {}
-    return TiecConfig(keys=keys, policy="fitted", coordinate="t", steps=steps, scheduler=scheduler,
-                      weights=result.policy.to_list(), **split,
+    chosen = result.labels[result.best]
+    plain = chosen in ("hold", "linear")  # no fit beat the fixed rule: write the rule (the same weights)
+    return TiecConfig(keys=keys, policy=chosen if plain else "fitted", coordinate="t", steps=steps,
+                      scheduler=scheduler, weights=None if plain else result.policy.to_list(), **split,
                       provenance=dict(command=command, model=model, chosen=result.labels[result.best],
                                       held_out_psnr_db={k: round(v, 3) for k, v in result.table().items()},
                                       seconds=round(time.perf_counter() - start, 1)))

@@ -84,5 +84,6 @@ def run(args: argparse.Namespace) -> int:
         for label, value in scores.items():
             mark = "  <- written" if label == config.provenance["chosen"] else ""
             print(f"{label:>28}: {value:6.2f} dB held out{mark}")
-        print(f"wrote {args.out} ({len(config.weights)} fitted steps, {config.provenance['seconds']} s)")
+        what = f"{len(config.weights)} fitted steps" if config.weights else f"no fit beat {config.policy}: policy {config.policy}"
+        print(f"wrote {args.out} ({what}, {config.provenance['seconds']} s)")
     return 0

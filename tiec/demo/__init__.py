@@ -107,8 +107,9 @@ class DemoUNet(DemoDiT):
 
 
 def calibrated_config(name: str, scheduler: str = "ddim", steps: int = 50) -> Optional[Path]:
-    """The shipped configuration ``tiec calibrate`` found for a demo model, sampler and step count
-    (``weights/<name>/calibrated-<scheduler>.json``), or ``None`` when none was shipped for them.
+    """The shipped configuration for a demo model, sampler and step count
+    (``weights/<name>/calibrated-<scheduler>.json``: ``tiec calibrate``'s pick for DDIM 50,
+    weights fitted by ``tiec fit`` for DPM-Solver++ 20), or ``None`` when none was shipped for them.
 
     ``tiec generate`` uses it on a demo model when no caching option is given; its
     ``provenance`` holds the command that produced it and the PSNRs it reached.
