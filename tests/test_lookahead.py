@@ -93,8 +93,10 @@ def test_lookahead_beats_extrapolation_on_a_perfect_denoiser(scheduler_cls):
     assert (reference - X0).abs().max() < 0.05  # the full run lands on the one image
     best_causal = min(error("hold"), error("linear"))  # reuse or extrapolation past the newest key
     lookahead, accept = error("lookahead"), error("lookahead-accept")
-    # Measured: DDIM 0.42/0.44, Euler 0.35/0.35, DPM-Solver++ 0.17/0.62 of the best causal error.
-    assert lookahead < 0.6 * best_causal and accept < 0.7 * best_causal, (best_causal, lookahead, accept)
+    # Measured: DDIM 0.71/0.73, Euler 0.76/0.77, DPM-Solver++ 0.21/0.74 of the best causal error, which
+    # is `linear` over t (the auto coordinate; over log sigma it was twice as large, and the ratios
+    # 0.42/0.44, 0.35/0.35, 0.17/0.62).
+    assert lookahead < 0.8 * best_causal and accept < 0.8 * best_causal, (best_causal, lookahead, accept)
 
 
 @torch.no_grad()

@@ -286,7 +286,10 @@ def fit_blend(
     ``run(split, keys=..., policy=...)`` samples the calibration inputs with ``split`` (a wrapper
     of the one given, which records the features), blending over the model time ``t`` -- e.g.
     ``lambda split, **kw: tiec.sample(split, scheduler, noise, num_inference_steps=20,
-    coordinate="t", **kw).sample`` -- and returns the final samples.
+    coordinate="t", **kw).sample`` -- and returns the final samples. The key schedule is laid
+    over the run's model evaluations, as :func:`tiec.sample` does; a loop whose steps make several
+    evaluations at different times (Heun through :class:`tiec.CachedModel`, which keys steps,
+    not evaluations) is refused with an error.
 
     The candidates, each scored: three starts -- the ``hold`` and ``linear`` weights, and the
     weights fitted to the reference run's own keys (teacher forcing) -- then from each start a
