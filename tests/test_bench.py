@@ -32,6 +32,17 @@ def test_quick_bench_writes_json_markdown_and_plot(quick):
     assert "| ∞ |" in table  # the reference's PSNR, read back from null and its flag
     assert all(row["key_error"] is None or 0 <= row["key_error"] for row in results["rows"])
     assert any(row["key_error"] for row in results["rows"] if row["family"] == "tiec")  # the quality monitor
+    # the table ends with the budget table, computed from the rows
+    budgets = [line for line in table.splitlines() if line.startswith("| 0.")]
+    assert [line.split(" | ")[0] for line in budgets] == ["| 0.20", "| 0.30", "| 0.40", "| 0.50", "| 0.60"]
+    for line in budgets:
+        budget = float(line.split(" | ")[0][2:])
+        ours = [r["psnr_db"] for r in results["rows"] if r["family"] in ("tiec", "fitted", "branch", "configured")
+                and r["psnr_db"] is not None and r["mac_ratio"] <= budget]
+        theirs = [r["psnr_db"] for r in results["rows"] if r["family"] in ("fewer-steps", "fasterdiffusion", "peer")
+                  and r["psnr_db"] is not None and r["mac_ratio"] <= budget]
+        margin = line.split(" | ")[-1].rstrip(" |")
+        assert margin == ("–" if not ours or not theirs else f"{max(ours) - max(theirs):+.1f}"), line
 
 
 def test_quick_bench_rows_are_measured(quick):

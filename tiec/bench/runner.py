@@ -72,7 +72,7 @@ class _Row:
 class DemoRunner:
     """Samples a demo model with one method: tiec's loop, or a peer through :mod:`tiec.bench.peers`."""
 
-    def __init__(self, model: str, sampler: str, device: str = "cpu") -> None:
+    def __init__(self, model: str, sampler: str, device: str = "cpu", *, quick: bool = False) -> None:
         from ..demo import load
 
         self.model_name = model
@@ -81,6 +81,7 @@ class DemoRunner:
         self.scheduler_name = SAMPLERS[sampler][0]
         self.device = device
         self.fits: dict[Method, Any] = {}
+        self.fit_options = dict(num_inputs=8, held_out=8, rounds=1) if quick else {}
 
     def policy(self, method: Method) -> Any:
         """The method's blend policy: its spec, or for a ``fitted`` row the weights fitted (once per
@@ -91,7 +92,8 @@ class DemoRunner:
             from ..calibrate.fit import fit_demo
 
             depth = method.depth if method.branch_depth is None else f"branch:{method.branch_depth}"
-            self.fits[method] = fit_demo(self.demo, self.scheduler_name, method.steps, method.keys, depth=depth)
+            self.fits[method] = fit_demo(self.demo, self.scheduler_name, method.steps, method.keys, depth=depth,
+                                         **self.fit_options)
         return self.fits[method].policy
 
     @torch.no_grad()
@@ -145,7 +147,7 @@ def bench_demo(model: str = "dit-digits", sampler: str = "ddim", *, num_samples:
     steps = next(m.steps for m in grid if m.family == "reference")
     grid += [config_method(config, steps, label) for label, config in configs]
     keep = part_filter(part, grid) if part is not None else None
-    runner = DemoRunner(model, sampler)
+    runner = DemoRunner(model, sampler, quick=quick)
     labels = [i % NUM_CLASSES for i in range(num_samples)]
     seeds = list(range(num_samples))
     real, _ = load_digits()
