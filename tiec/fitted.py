@@ -289,7 +289,9 @@ def fit_blend(
     coordinate="t", **kw).sample`` -- and returns the final samples. The key schedule is laid
     over the run's model evaluations, as :func:`tiec.sample` does; a loop whose steps make several
     evaluations at different times (Heun through :class:`tiec.CachedModel`, which keys steps,
-    not evaluations) is refused with an error.
+    not evaluations) is refused with an error. The reference run's features at every evaluation
+    are kept in float64 for the fit (on the demo models a few hundred MB for 32 inputs); on a large
+    model, fit on a few inputs.
 
     The candidates, each scored: three starts -- the ``hold`` and ``linear`` weights, and the
     weights fitted to the reference run's own keys (teacher forcing) -- then from each start a
