@@ -38,9 +38,9 @@ def test_quick_bench_writes_json_markdown_and_plot(quick):
     for line in budgets:
         budget = float(line.split(" | ")[0][2:])
         ours = [r["psnr_db"] for r in results["rows"] if r["family"] in ("tiec", "fitted", "branch", "configured")
-                and r["psnr_db"] is not None and r["mac_ratio"] <= budget]
+                and r["psnr_db"] is not None and r["mac_ratio"] <= budget * 1.01]
         theirs = [r["psnr_db"] for r in results["rows"] if r["family"] in ("fewer-steps", "fasterdiffusion", "peer")
-                  and r["psnr_db"] is not None and r["mac_ratio"] <= budget]
+                  and r["psnr_db"] is not None and r["mac_ratio"] <= budget * 1.01]
         margin = line.split(" | ")[-1].rstrip(" |")
         assert margin == ("–" if not ours or not theirs else f"{max(ours) - max(theirs):+.1f}"), line
 

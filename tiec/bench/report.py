@@ -109,11 +109,15 @@ def markdown_table(results: dict) -> str:
 TIEC_FAMILIES = ("tiec", "fitted", "branch", "configured")
 RIVAL_FAMILIES = ("fewer-steps", "fasterdiffusion", "peer")
 BUDGETS = (0.2, 0.3, 0.4, 0.5, 0.6)
+#: A row is within a budget up to 1% above it: keys every 5 of 50 steps cost 0.201 of the MACs
+#: (the non-key steps' decoder), beside 10 steps at 0.200.
+BUDGET_TOLERANCE = 0.01
 
 
 def budget_table(results: dict, budgets: Sequence[float] = BUDGETS) -> str:
     """At each MAC budget, the best tiec row against the best row of fewer steps, FasterDiffusion
     and the peers at the same budget (PSNR to every step a key), and the margin; a markdown table.
+    A row is within a budget up to :data:`BUDGET_TOLERANCE` (1%) above it.
 
     Examples:
         >>> rows = [dict(name="TIEC a", family="tiec", mac_ratio=0.35, psnr_db=40.0, error=None),
@@ -123,14 +127,16 @@ def budget_table(results: dict, budgets: Sequence[float] = BUDGETS) -> str:
     """
     def best(families: Sequence[str], budget: float) -> Optional[dict]:
         rows = [r for r in results["rows"] if r["family"] in families and not r.get("error")
-                and r.get("psnr_db") is not None and r.get("mac_ratio") is not None and r["mac_ratio"] <= budget + 1e-9]
+                and r.get("psnr_db") is not None and r.get("mac_ratio") is not None
+                and r["mac_ratio"] <= budget * (1 + BUDGET_TOLERANCE)]
         return max(rows, key=lambda r: r["psnr_db"], default=None)
 
     def cell(row: Optional[dict]) -> str:
         return "–" if row is None else f"{row['name']} ({row['mac_ratio']:.3f}): {row['psnr_db']:.1f}"
 
     lines = ["At each MAC budget: the best tiec row (families " + ", ".join(TIEC_FAMILIES) + ") and the best of "
-             "fewer steps, FasterDiffusion and the peers within it (PSNR to every step a key, dB)", "",
+             "fewer steps, FasterDiffusion and the peers within it, up to 1% above it (PSNR to every step a key, dB)",
+             "",
              "| budget | best tiec | best other | margin |", "|---|---|---|---|"]
     for budget in budgets:
         ours, theirs = best(TIEC_FAMILIES, budget), best(RIVAL_FAMILIES, budget)
