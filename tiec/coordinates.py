@@ -3,10 +3,10 @@
 ``"auto"`` follows the policy (:func:`auto_coordinate`): ``t`` for the policies that blend cached
 keys (``hold``, ``linear``, ``polynomial(k)``, fitted weights), log σ for the lookahead, whose
 predicted key comes from a jump in σ. Measured on both demo models (``tiec bench --study
-coordinates``, docs/choosing-keys.md): over ``t``, ``linear`` scored 1-15 dB above log σ with
-DDIM 50 and DPM-Solver++ 20 (evenly spaced timesteps, where ``t`` is the step index up to scale)
-and at or above it on a Karras schedule with keys every 3; the lookahead scored higher over
-log σ in most runs, by up to 8 dB.
+coordinates``, docs/choosing-keys.md): over ``t``, ``linear`` scored up to 15 dB above log σ
+(and at most 0.4 dB below) with DDIM 50 and DPM-Solver++ 20 (evenly spaced timesteps, where ``t``
+is the step index up to scale) and above it on a Karras schedule with keys every 3; the
+lookahead scored higher over log σ in most runs, by up to 8 dB.
 """
 
 from __future__ import annotations
