@@ -165,8 +165,7 @@ def test_a_configuration_made_for_another_run_is_refused(tmp_path, capsys, field
 # -- interruptions and failed writes -------------------------------------------------------------
 
 def test_ctrl_c_ends_in_one_line_and_keeps_finished_images(tmp_path):
-    # 100 images in batches of 2: enough that the run cannot finish while a loaded machine delays this loop
-    argv = ["generate", "--class-labels", "0,1,2,3,4,5,6,7,8,9", "--num-images", "10", "--steps", "20",
+    argv = ["generate", "--class-labels", "0,1,2,3,4,5,6,7,8,9", "--num-images", "3", "--steps", "20",
             "--batch-size", "2", "--quiet", "--no-count-macs", "--out", str(tmp_path)]
     process = subprocess.Popen([sys.executable, "-m", "tiec", *argv], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -178,7 +177,7 @@ def test_ctrl_c_ends_in_one_line_and_keeps_finished_images(tmp_path):
     assert process.returncode == 130, err
     assert err == "tiec: interrupted; what was finished is kept (rerun the same command to resume)\n"
     finished = images(tmp_path)
-    assert 4 <= len(finished) < 100 and not list(tmp_path.rglob("*.part"))
+    assert 4 <= len(finished) < 30 and not list(tmp_path.rglob("*.part"))
     assert main(argv) == 0  # resumes
     assert {k: v for k, v in images(tmp_path).items() if k in finished} == finished
 
