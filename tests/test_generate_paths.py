@@ -167,8 +167,11 @@ def test_a_configuration_made_for_another_run_is_refused(tmp_path, capsys, field
 def test_ctrl_c_ends_in_one_line_and_keeps_finished_images(tmp_path):
     argv = ["generate", "--class-labels", "0,1,2,3,4,5,6,7,8,9", "--num-images", "3", "--steps", "20",
             "--batch-size", "2", "--quiet", "--no-count-macs", "--out", str(tmp_path)]
+    # a test run started in the background of a shell without job control inherits an ignored
+    # SIGINT (and Python then installs no KeyboardInterrupt handler): give the child the default
     process = subprocess.Popen([sys.executable, "-m", "tiec", *argv], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and len(list((tmp_path / "images").glob("*.png"))) < 4:
         time.sleep(0.02)
