@@ -245,6 +245,11 @@ def test_tiec_fit_writes_a_config_that_generate_runs(tmp_path, capsys):
         main(["generate", "--model", "dit-digits", "--scheduler", "dpm", "--steps", "8", "--config", str(out),
               "--out", str(tmp_path / "other"), "--quiet"])
     assert "was made for 6 steps" in capsys.readouterr().err
+    fitted = TiecConfig(keys="every:3", policy="fitted", coordinate="t", steps=6,
+                        weights=[{"tau": 500.0, "keys": [900.0], "weights": [1.0]}]).save(tmp_path / "w.json")
+    with pytest.raises(SystemExit):  # a configuration with weights is remade by tiec fit
+        main(["generate", "--steps", "8", "--config", str(fitted), "--out", str(tmp_path / "w"), "--quiet"])
+    assert "run with --steps 6, or fit for 8 steps" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("model", ["dit-digits", "unet-digits"])

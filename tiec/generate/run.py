@@ -194,8 +194,9 @@ def caching_options(options: GenerateOptions) -> dict[str, Any]:
     except TiecError as error:
         raise UsageError(f"--config: {error}") from None
     if config.steps is not None and config.steps != options.steps:
+        remake = "fit" if config.weights is not None else "calibrate"  # tiec fit / tiec calibrate
         raise UsageError(f"--config {str(path)!r} was made for {config.steps} steps, not --steps {options.steps}; "
-                         f"run with --steps {config.steps}, or calibrate for {options.steps} steps")
+                         f"run with --steps {config.steps}, or {remake} for {options.steps} steps")
     scheduler = options.scheduler or ("ddim" if options.model in DEMO_MODELS else None)
     if config.scheduler is not None and scheduler is not None and config.scheduler != scheduler:
         raise UsageError(f"--config {str(path)!r} was made for the {config.scheduler} scheduler, not {scheduler}; "
