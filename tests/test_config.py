@@ -32,6 +32,12 @@ def test_a_config_round_trips_through_its_file(tmp_path):
         ({"keys": "0,3,12", "steps": 10}, "out of range"),
         ({"keys": "every:3", "encoder_blocks": -1}, "encoder_blocks must be a non-negative int"),
         ({"keys": 3}, "keys must be a schedule spec as text"),
+        # fitted weights: only with policy "fitted", keyed by t, well-formed rows
+        ({"keys": "every:3", "policy": "fitted"}, "weights come with policy 'fitted' and only with it"),
+        ({"keys": "every:3", "policy": "linear", "weights": []}, "weights come with policy 'fitted' and only with it"),
+        ({"keys": "every:3", "policy": "fitted", "coordinate": "log_sigma",
+          "weights": [{"tau": 1.0, "keys": [2.0], "weights": [1.0]}]}, "coordinate must be 't'"),
+        ({"keys": "every:3", "policy": "fitted", "coordinate": "t", "weights": [{"tau": 1.0}]}, "weights[0] must be"),
     ],
 )
 def test_bad_files_are_refused_naming_the_problem(tmp_path, data, message):

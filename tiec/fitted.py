@@ -31,7 +31,8 @@ import torch
 
 from ._errors import TiecTypeError, TiecValueError
 from .blend import Features
-from .policies import Policy, lagrange_weights
+from .cached_model import _scalar_time
+from .policies import Hold, Linear, Policy
 from .progress import progress_bar
 from .protocol import cached_part, fresh_features
 from .schedules import KeysLike, get_schedule
@@ -180,12 +181,10 @@ def ridge_weights(gram: torch.Tensor, cross: torch.Tensor, prior: Sequence[float
 
 
 def _time(t: Any) -> float:
-    if isinstance(t, torch.Tensor):
-        flat = t.detach().reshape(-1)
-        if flat.numel() > 1 and not bool((flat == flat[0]).all()):
-            raise TiecValueError("fitting needs one time per evaluation; the samples of a call carry different times")
-        return float(flat[0])
-    return float(t)
+    time = _scalar_time(t)
+    if time is None:
+        raise TiecValueError("fitting needs one time per evaluation; the samples of a call carry different times")
+    return time
 
 
 class _Recorder:
@@ -228,29 +227,28 @@ def _dot(a: Features, b: Features) -> float:
     return float(sum(torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)))
 
 
-def _prior(knots: Sequence[float], tau: float) -> tuple[float, ...]:
-    """The ``linear`` weights over the two newest of ``knots`` (``hold`` with one): the ridge's target."""
-    head = (0.0,) * max(0, len(knots) - 2)
-    return head + lagrange_weights(knots[-2:], tau)
-
-
-def _hold(knots: Sequence[float], tau: float) -> tuple[float, ...]:
-    return (0.0,) * (len(knots) - 1) + (1.0,)
-
-
 @dataclass(frozen=True)
 class FitResult:
     """What :func:`fit_blend` found: the best weights, and every candidate tried (its label, score
     and weights, in order), with the index of the winner."""
 
-    policy: Fitted
     labels: tuple[str, ...]
     scores: tuple[float, ...]
     best: int
-    candidates: tuple[Fitted, ...] = ()
+    candidates: tuple[Fitted, ...]
+
+    @property
+    def policy(self) -> Fitted:
+        """The best candidate's weights."""
+        return self.candidates[self.best]
+
+    @property
+    def chosen(self) -> str:
+        """The best candidate's label (``"hold"``, ``"linear"``, ``"teacher forcing, refit 1"``, ...)."""
+        return self.labels[self.best]
 
     def __repr__(self) -> str:
-        return f"FitResult(best={self.labels[self.best]!r}, score={self.scores[self.best]:.2f}, policy={self.policy!r})"
+        return f"FitResult(best={self.chosen!r}, score={self.scores[self.best]:.2f}, policy={self.policy!r})"
 
     def table(self) -> dict[str, float]:
         """``{label: score}`` of every candidate."""
@@ -353,15 +351,18 @@ def fit_blend(
             raise TiecValueError(f"keys={keys!r} makes every one of the {len(times)} evaluations a key: nothing to fit")
         del evaluations, recorder
 
-        def table(key_features: Optional[dict[int, Features]], prior_of: Callable = _prior) -> Fitted:
-            """The weights fitted on ``key_features`` (``None``: the prior's)."""
+        def table(key_features: Optional[dict[int, Features]], rule: Policy = Linear()) -> Fitted:
+            """The weights fitted on ``key_features`` toward ``linear``'s (``None``: ``rule``'s own)."""
             steps = []
             for i in sorted(targets):
                 used = [k for k in key_steps if k < i][-num_keys:]
-                prior = _prior([times[k] for k in used], times[i])
-                weights = prior_of([times[k] for k in used], times[i]) if key_features is None or len(used) < 2 \
-                    else ridge_weights(*_gram(key_features, used, targets[i]), prior, ridge)
-                steps.append(FittedStep(times[i], tuple(times[k] for k in used), weights))
+                knots = [times[k] for k in used]
+                if key_features is None or len(used) < 2:
+                    weights = rule.weights(knots, times[i])
+                else:
+                    weights = ridge_weights(*_gram(key_features, used, targets[i]), Linear().weights(knots, times[i]),
+                                            ridge)
+                steps.append(FittedStep(times[i], tuple(knots), weights))
             return Fitted(tuple(steps))
 
         def on_policy(policy: Fitted) -> Fitted:
@@ -380,7 +381,7 @@ def fit_blend(
             bar.update(1)
             return label, value, policy
 
-        starts = [scored("hold", table(None, _hold)), scored("linear", table(None)),
+        starts = [scored("hold", table(None, Hold())), scored("linear", table(None)),
                   scored("teacher forcing", table(teacher))]
         candidates = list(starts)
         for start in starts:
@@ -392,5 +393,5 @@ def fit_blend(
                     break
                 line = refit
     best = max(range(len(candidates)), key=lambda n: candidates[n][1])
-    return FitResult(candidates[best][2], tuple(c[0] for c in candidates), tuple(c[1] for c in candidates), best,
+    return FitResult(tuple(c[0] for c in candidates), tuple(c[1] for c in candidates), best,
                      tuple(c[2] for c in candidates))

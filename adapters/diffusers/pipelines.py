@@ -32,7 +32,7 @@ import torch
 from tiec._errors import TiecError, TiecNotImplementedError, TiecTypeError, TiecValueError
 from tiec.cached_model import CachedModel
 from tiec.config import ConfigLike, merge_config
-from tiec.coordinates import log_sigma_at
+from tiec.coordinates import auto_coordinate, log_sigma_at
 from tiec.policies import Linear, PolicyLike
 from tiec.schedules import KeysLike
 from tiec.streams import CacheStreams
@@ -337,7 +337,7 @@ def enable(
     options = merge_config(config, keys=keys, policy=policy, coordinate=coordinate, decoder_start=decoder_start,
                            encoder_blocks=encoder_blocks, branch_depth=branch_depth)
     keys, policy = options["keys"], Linear() if options["policy"] is None else options["policy"]
-    coordinate = options["coordinate"] if options["coordinate"] not in (None, "auto") else "t"  # auto: t without lookahead
+    coordinate = {None: "t", "auto": auto_coordinate(policy)}.get(options["coordinate"], options["coordinate"])
     decoder_start = options["decoder_start"] or 0
     encoder_blocks = options["encoder_blocks"]
     branch_depth = options["branch_depth"]

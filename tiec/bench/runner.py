@@ -27,7 +27,7 @@ from .._files import atomic_path
 from ..coordinates import auto_coordinate
 from ..flops import count_flops
 from ..progress import progress_bar
-from .grid import GUIDANCE, SAMPLERS, Method, config_method, fewer_steps, method_grid, part_filter
+from .grid import GUIDANCE, SAMPLERS, Method, branch, config_method, fewer_steps, method_grid, part_filter
 from .metrics import PeakMemory, frechet_distance, max_abs_error, psnr, ssim
 from .report import machine
 
@@ -91,7 +91,7 @@ class DemoRunner:
         if method not in self.fits:
             from ..calibrate.fit import fit_demo
 
-            depth = method.depth if method.branch_depth is None else f"branch:{method.branch_depth}"
+            depth = method.depth if method.branch_depth is None else branch(method.branch_depth)
             self.fits[method] = fit_demo(self.demo, self.scheduler_name, method.steps, method.keys, depth=depth,
                                          **self.fit_options)
         return self.fits[method].policy
@@ -254,7 +254,7 @@ def _measure(runner: DemoRunner, row: _Row, labels: Sequence[int], seeds: Sequen
         runner.policy(method)  # a fitted row's fit is not timed
         if method in runner.fits:
             result = runner.fits[method]
-            row.fit = dict(chosen=result.labels[result.best], held_out_psnr_db=result.table())
+            row.fit = dict(chosen=result.chosen, held_out_psnr_db=result.table())
         for i in range(repeats):
             with PeakMemory() as peak:
                 begin = time.perf_counter()

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..bench.grid import GUIDANCE
 from ..config import TiecConfig
 from ..fitted import FitResult, fit_blend
 from .candidates import split_options
@@ -22,7 +23,12 @@ __all__ = ["CALIBRATION_SEED", "HELD_OUT_SEED", "demo_inputs", "fit_demo", "fitt
 
 CALIBRATION_SEED = 30_000
 HELD_OUT_SEED = 40_000
-GUIDANCE = 2.0
+
+
+def _split_keywords(demo: Any, depth: Any) -> dict[str, Any]:
+    """The keywords of ``demo.split`` for a split depth label (``{}``: the model's default split)."""
+    option = "decoder_start" if hasattr(demo, "tokens") else "encoder_blocks"
+    return {} if depth is None else split_options(depth, option)
 
 
 def demo_inputs(count: int, seed: int, shift: int = 0) -> tuple[list[int], list[int]]:
@@ -45,10 +51,7 @@ def fit_demo(demo: Any, scheduler: str, steps: int, keys: Any, *, depth: Any = N
     from ..bench.metrics import psnr
     from ..demo.sampling import sample_digits, to_unit
 
-    option = "decoder_start" if hasattr(demo, "tokens") else "encoder_blocks"
-    options = split_options(depth, option) if depth is not None else {}
-    split = demo.split(options.get(option), **({"branch_depth": options["branch_depth"]}
-                                               if "branch_depth" in options else {}))
+    split = demo.split(**_split_keywords(demo, depth))
 
     def runner(inputs: tuple[list[int], list[int]]):
         labels, seeds = inputs
@@ -77,12 +80,10 @@ def fitted_config(model: str, scheduler: str, steps: int, keys: str, *, depth: A
     start = time.perf_counter()
     demo = load(model)
     result = fit_demo(demo, scheduler, steps, keys, depth=depth, progress=progress, **fit)
-    option = "decoder_start" if hasattr(demo, "tokens") else "encoder_blocks"
-    split = split_options(depth, option) if depth is not None else {}
-    chosen = result.labels[result.best]
-    plain = chosen in ("hold", "linear")  # no fit beat the fixed rule: write the rule (the same weights)
-    return TiecConfig(keys=keys, policy=chosen if plain else "fitted", coordinate="t", steps=steps,
-                      scheduler=scheduler, weights=None if plain else result.policy.to_list(), **split,
-                      provenance=dict(command=command, model=model, chosen=result.labels[result.best],
+    plain = result.chosen in ("hold", "linear")  # no fit beat the fixed rule: write the rule (the same weights)
+    return TiecConfig(keys=keys, policy=result.chosen if plain else "fitted", coordinate="t", steps=steps,
+                      scheduler=scheduler, weights=None if plain else result.policy.to_list(),
+                      **_split_keywords(demo, depth),
+                      provenance=dict(command=command, model=model, chosen=result.chosen,
                                       held_out_psnr_db={k: round(v, 3) for k, v in result.table().items()},
                                       seconds=round(time.perf_counter() - start, 1)))

@@ -248,7 +248,7 @@ def _fit(evaluator: Any, front: list[Candidate], scores: dict, budget: float, de
             cost = score(Candidate(keys, "linear", "t", at))  # blending costs no counted operation
             rows.append(dict(keys=list(keys), policy="fitted", coordinate="t", depth=at, macs=cost["macs"],
                              mac_ratio=cost["mac_ratio"], held_out_psnr_db=result.scores[result.best],
-                             chosen=result.labels[result.best], candidates=result.table(),
+                             chosen=result.chosen, candidates=result.table(),
                              weights=result.policy.to_list()))
             bar.update(1)
     return rows
