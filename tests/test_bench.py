@@ -201,13 +201,20 @@ def test_the_configured_part_runs_only_the_configuration_rows(tmp_path):
     config = TiecConfig(keys="0,4,8", policy="hold", encoder_blocks=8).save(tmp_path / "calibrated.json")
     argv = ["bench", "--quick", "--quiet", "--out", str(tmp_path), "--config", str(config)]
     assert main([*argv, "--part", "configured"]) == 0
-    piece = json.loads((tmp_path / "dit-digits-ddim-quick-part-configured.json").read_text())
+    piece = json.loads((tmp_path / "dit-digits-ddim-quick-part-configured-calibrated.json").read_text())
     assert [row["family"] for row in piece["rows"]] == ["reference", "configured"]
     assert piece["rows"][1]["encoder_calls"] == 3 and piece["rows"][1]["psnr_db"] > 0
     assert main([*argv, "--part", "fewer-steps"]) == 0  # its matched step count is among the fewer-steps rows
     joined = json.loads((tmp_path / "dit-digits-ddim-quick.json").read_text())
     fewer = {row["steps"] for row in joined["rows"] if row["family"] == "fewer-steps"}
     assert round(10 * piece["rows"][1]["mac_ratio"]) in fewer
+    # Another file is a piece of its own: the joined grid keeps the first file's row beside it.
+    other = TiecConfig(keys="0,5", policy="linear", encoder_blocks=8).save(tmp_path / "sparse.json")
+    assert main(["bench", "--quick", "--quiet", "--out", str(tmp_path), "--config", str(other),
+                 "--part", "configured"]) == 0
+    joined = json.loads((tmp_path / "dit-digits-ddim-quick.json").read_text())
+    assert [row["name"] for row in joined["rows"] if row["family"] == "configured"] == [
+        "configured (calibrated): keys 0,4,8, hold", "configured (sparse): keys 0,5, linear"]
 
 
 def test_deepcache_runs_from_its_own_package_on_the_demo_unet():

@@ -147,7 +147,7 @@ def peer_methods(model: str, steps: int, *, quick: bool = False) -> list[Method]
     if not quick:
         rows.insert(0, Method("diffusers First Block Cache, threshold 0.05", "peer", steps, peer="first-block-cache",
                               peer_options=(("threshold", 0.05),)))
-    intervals = [3] if quick else [2, 3, 5]
+    intervals = [3] if quick else [2, 3, 4, 5]
     rows += [Method(f"diffusers TaylorSeer, interval {k}, order 1", "peer", steps, peer="taylorseer",
                     peer_options=(("cache_interval", k), ("max_order", 1), ("disable_cache_before_step", 1),
                                   ("cache_identifiers", (r"transformer_blocks\.\d+",))))
@@ -169,7 +169,8 @@ def part_filter(part: str, grid: Sequence[Method]) -> Callable[[Method], bool]:
     """Which rows a ``part`` runs: a name of :data:`PARTS` (a family), or a cut of a family too long
     for one sitting: ``family/keys`` for its rows on one key set of the grid (``tiec/every:3``),
     ``family/keys/policy`` for those of one policy (``tiec/every:3/lookahead``; the noise-injection and
-    parallel-decoding rows go with their policy), and ``fewer-steps/A-B`` (or ``/N``) for the
+    parallel-decoding rows go with their policy), ``peers/<peer>`` for one package's rows
+    (``peers/taylorseer``), and ``fewer-steps/A-B`` (or ``/N``) for the
     fewer-steps rows of ``A`` to ``B`` steps.
 
     Examples:
@@ -181,6 +182,8 @@ def part_filter(part: str, grid: Sequence[Method]) -> Callable[[Method], bool]:
         >>> [m.name for m in grid if keep(m)]  # doctest: +NORMALIZE_WHITESPACE
         ['TIEC linear, keys every:3', 'TIEC linear, keys every:3, noise injection',
          'TIEC linear, keys every:3, parallel decoding']
+        >>> [m.name for m in grid if part_filter("peers/pyramid-attention-broadcast", grid)(m)]
+        ['diffusers Pyramid Attention Broadcast, skip 2']
         >>> keep = part_filter("fewer-steps/20-39", grid)
         >>> [m.steps for m in fewer_steps([(grid[1], 500)], 1000, 50) if keep(m)]
         [25]
@@ -199,6 +202,11 @@ def part_filter(part: str, grid: Sequence[Method]) -> Callable[[Method], bool]:
                                  f"(A <= B) or fewer-steps/N, e.g. fewer-steps/20-39; got {cut!r}")
         steps = range(int(low), int(high) + 1)
         return lambda method: method.family == family and method.steps in steps
+    if family == "peer" and cut:  # peers/<peer>: one package's rows (peers/taylorseer)
+        known = sorted({m.peer for m in grid if m.family == "peer"})
+        if cut not in known:
+            raise TiecValueError(f"part {part!r}: the peers of this grid are {known}, not {cut!r}")
+        return lambda method: method.family == "peer" and method.peer == cut
     keys, _, policy = cut.partition("/")
     if keys or policy:  # a policy needs its key set: tiec//linear names the empty one
         known = sorted({m.keys for m in grid if m.family == family})

@@ -36,8 +36,8 @@ def add_parser(commands: Any) -> None:
                        help="run one family of rows (and the reference): fasterdiffusion, tiec, fitted (blend "
                             "weights fitted per key set), branch (the demo UNet's shallow branch), configured, peers "
                             "or fewer-steps, or one key set of a family, "
-                            "e.g. tiec/every:3, or one policy on it, e.g. tiec/every:3/linear, or fewer-steps rows "
-                            "by step count, e.g. fewer-steps/20-39; the pieces in --out are joined into <model>-<sampler>.json/.md/.png after each piece")
+                            "e.g. tiec/every:3, or one policy on it, e.g. tiec/every:3/linear, or one peer's rows, e.g. "
+                            "peers/taylorseer, or fewer-steps rows by step count, e.g. fewer-steps/20-39; the pieces in --out are joined into <model>-<sampler>.json/.md/.png after each piece")
     bench.add_argument("--config", type=Path, action="append", default=[],
                        help="add a row for this tiec configuration file (repeatable; --part configured runs only "
                             "these rows)")
@@ -115,7 +115,10 @@ def run(args: argparse.Namespace) -> int:
         stem = f"{args.model}-{args.sampler}" + ("-quick" if args.quick else "")
     results["command"] = command
     if getattr(args, "part", None):
-        write_results(results, out, piece_stem(stem, args.part))
+        # Each set of configuration files is a piece of its own, so that a new file adds rows
+        # beside the earlier configured pieces instead of replacing them.
+        piece = "/".join([args.part, *(path.stem for path in args.config)]) if args.part == "configured" else args.part
+        write_results(results, out, piece_stem(stem, piece))
         pieces = [json.loads(path.read_text()) for path in sorted(out.glob(f"{stem}-part-*.json"))]
         results = combine([p for p in pieces if p["num_samples"] == results["num_samples"]])
     paths = write_results(results, out, stem)
