@@ -72,6 +72,12 @@ def if_stage_1(folder: Path) -> Path:
     return _save(pipe, folder / "if")
 
 
+def if_stage_2(folder: Path) -> Path:
+    """Stage II as users load it, ``text_encoder=None``: stage I's prompt embeddings feed it."""
+    pipe, _ = tiny_pipelines.if_stage_2()
+    return _save(pipe, folder / "if-2")
+
+
 def dit(folder: Path) -> Path:
     pipe, _ = tiny_pipelines.dit()
     return _save(pipe, folder / "dit")
@@ -82,4 +88,5 @@ def _save(pipe, path: Path) -> Path:
     return path
 
 
+#: What ``tiec generate --model PATH`` runs (IF stage II needs stage I's images: see test_docs).
 SAVED = {"sd": sd, "sdxl": sdxl, "if-1": if_stage_1, "dit": dit}
