@@ -201,3 +201,68 @@ def test_cache_streams_keep_conditionings_apart_and_share_the_timesteps(model):
         CacheStreams(lambda: None, max_streams=0)
     streams.reset()
     assert len(streams) == 0 and streams.encoder_calls == 0 and streams.latest is None
+
+
+class LabelSplit:
+    """Elementwise, so a batch of two gives each half exactly what a batch of one gives it."""
+
+    def encode(self, x, t, *, y):
+        return (torch.sin(x * (1 + float(t) / 1000)) + y,)
+
+    def decode(self, features, t, *, y):
+        return features[0] * 0.5 - y
+
+
+TIMES = [900.0, 700.0, 500.0, 300.0, 100.0]
+
+
+@torch.no_grad()
+def test_a_second_conditioning_at_the_same_step_is_refused_not_mixed():
+    """Issue #18, item 1 for CachedModel: guidance's halves in separate calls made the second call
+    replace the first's key features, and both decoded them at the next steps. Refused now, before
+    anything changes; fails without the check (the second call returned without an error)."""
+    sample, cond, uncond = torch.ones(1, 2), torch.ones(1, 2), torch.zeros(1, 2)
+    model = CachedModel(LabelSplit(), keys="every:2", policy="linear", timesteps=TIMES)
+    reference = CachedModel(LabelSplit(), keys="every:2", policy="linear", timesteps=TIMES)
+    model(sample, 900.0, y=cond)
+    with pytest.raises(ValueError, match=r"second call at t=900 on the same input with other conditioning \(y\)"
+                                         r".*tiec.streams.CacheStreams"):
+        model(sample, 900.0, y=uncond)
+    reference(sample, 900.0, y=cond)
+    for t in TIMES[1:4]:  # the refused call changed nothing
+        assert torch.equal(model(sample, t, y=cond), reference(sample, t, y=cond))
+    assert (model.encoder_calls, model.decoder_calls) == (reference.encoder_calls, reference.decoder_calls)
+    model(sample, 300.0, y=cond.clone())  # the same conditioning again: a repeated evaluation
+    model(sample + 1, 300.0, y=uncond)  # a new input at the same time: a second-order solver's correction
+    inplace = CachedModel(LabelSplit(), keys="every:2", timesteps=TIMES)
+    z = sample.clone()
+    inplace(z, 900.0, y=cond)
+    inplace(z.add_(1), 900.0, y=uncond)  # changed in place: a new input too
+    exact = CachedModel(LabelSplit(), timesteps=TIMES)  # every step a key: nothing shared, nothing refused
+    for t in TIMES:
+        exact(sample, t, y=cond)
+        exact(sample, t, y=uncond)
+
+
+@pytest.mark.parametrize("policy", ["hold", "linear", "polynomial(2)"])
+@torch.no_grad()
+def test_streams_give_separate_calls_what_batched_guidance_gives_bit_for_bit(policy):
+    """Issue #18's acceptance for CachedModel: on a model that is batch-invariant, guidance's
+    halves in separate calls through CacheStreams equal one batched call, bit for bit."""
+    from tiec.streams import CacheStreams
+
+    def make():
+        return CachedModel(LabelSplit(), keys="every:3", policy=policy)
+
+    start, conds = torch.randn(1, 2, 4, generator=torch.Generator().manual_seed(1)), torch.randn(2, 2, 4)
+    batched, streams = make(), CacheStreams(make)
+    batched.set_timesteps(TIMES)
+    streams.set_timesteps(TIMES)
+    x_batched = x_separate = start
+    for t in TIMES:
+        uncond, cond = batched(torch.cat([x_batched, x_batched]), t, y=conds).chunk(2)
+        x_batched = x_batched - 0.1 * (uncond + 3 * (cond - uncond))
+        uncond, cond = (streams.get({"y": y})(x_separate, t, y=y) for y in conds.split(1))
+        x_separate = x_separate - 0.1 * (uncond + 3 * (cond - uncond))
+    assert torch.equal(x_separate, x_batched)
+    assert batched.encoder_calls == 2 and streams.encoder_calls == 4 and len(streams) == 2

@@ -39,6 +39,23 @@ def _scalar_time(t: Any) -> Optional[float]:
     raise TiecTypeError(f"t must be a number or a tensor, got {type(t).__name__} {t!r}")
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Whether two call arguments hold the same content (tensors by value, containers item by item)."""
+    if a is b:
+        return True
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b))
+    try:
+        return bool(a == b)
+    except Exception:  # a comparison that does not reduce to one bool: treat as different
+        return False
+
+
 class CachedModel:
     """Wrap a :class:`~tiec.Split` as a model that runs the encoder only at key steps.
 
@@ -48,7 +65,10 @@ class CachedModel:
     step is; a time above the first scheduled one (k-diffusion's churn raises σ before the first step)
     belongs to the first step, always a key. Without ``timesteps``, each new distinct time is the
     next step. Calls at the same time (second-order solvers) share a step; a key call there
-    replaces the stored features.
+    replaces the stored features. While keys are sparse, a second call at the same time on the
+    same input with other conditioning (guidance's halves in separate calls) raises: one cache
+    cannot serve two conditionings; batch them into one call, or give each its own model with
+    :class:`tiec.streams.CacheStreams`.
 
     A new trajectory starts -- the cache is emptied and the first call is a key -- when ``t`` goes
     back up to an earlier step (any rise without ``timesteps``), when the input's shape, dtype or
@@ -148,6 +168,7 @@ class CachedModel:
         relative error of the blend against the encoder's features (see :class:`tiec.SampleResult`)."""
         self._last_time: Optional[float] = None
         self._last_input: Optional[tuple[Any, ...]] = None
+        self._last_call: Optional[tuple[torch.Tensor, int, dict[str, Any]]] = None  # x, its version, cond
         self._distinct_seen = -1
 
     def reset(self) -> None:
@@ -252,6 +273,8 @@ class CachedModel:
             return self.split.decode(self.split.encode(x, t, **cond), t, **cond)
         signature = (tuple(x.shape), x.dtype, x.device)
         fresh = signature != self._last_input or self._goes_back(time)
+        if not fresh and time == self._last_time:
+            self._check_one_conditioning(x, time, cond)
         if fresh:
             self.new_trajectory()
         position, is_key = self._step(time)
@@ -273,7 +296,25 @@ class CachedModel:
             self._distinct_seen += 1
         self._last_time = time
         self._last_input = signature
+        self._last_call = (x, x._version, cond)
         return output
+
+    def _check_one_conditioning(self, x: torch.Tensor, time: float, cond: dict[str, Any]) -> None:
+        """Refuse a second call at the same time on the same input with other conditioning: a
+        caller that evaluates guidance's halves in separate calls. One cache would hand one
+        conditioning's features to the other's non-key steps (raised before anything changes)."""
+        if self._last_call is None or not self._monitored():
+            return  # with every step a key nothing is shared: such calls are exact
+        last_x, version, last_cond = self._last_call
+        same_input = x._version == version if x is last_x else _same(x, last_x)
+        differing = sorted(set(cond) ^ set(last_cond) | {k for k in set(cond) & set(last_cond)
+                                                        if not _same(cond[k], last_cond[k])})
+        if same_input and differing:
+            raise TiecValueError(
+                f"a second call at t={time:g} on the same input with other conditioning ({', '.join(differing)}): "
+                "one CachedModel keeps one cache, so with sparse keys each call would decode the other's "
+                "features. Batch the conditionings into one call, or give each its own CachedModel with "
+                "tiec.streams.CacheStreams")
 
     def _monitored(self) -> bool:
         """Whether keys are sparse (with every step a key nothing is blended: nothing to monitor)."""
