@@ -225,6 +225,30 @@ def test_accelerate_offload_hooks_keep_running_and_survive_their_reinstallation(
     assert torch.equal(images(pipe, kwargs(), steps=6), reference)
 
 
+@pytest.mark.parametrize("order", ["offload first", "tiec first"])
+@torch.no_grad()
+def test_diffusers_model_cpu_offload_in_either_order(order):
+    """diffusers' own enable_model_cpu_offload (to the CPU here: the same hooks, installed, removed
+    and reinstalled around each call as on a GPU): two calls give the cached images of a pipeline
+    without offload, and disable() gives the original ones back."""
+    pytest.importorskip("accelerate")
+    pipe, kwargs = PIPELINES["sd"]()
+    reference = images(pipe, kwargs(), steps=6)
+    with tiec_diffusers.cached(pipe, keys=3):
+        cached = images(pipe, kwargs(), steps=6)
+    pipe, kwargs = PIPELINES["sd"]()
+    if order == "offload first":
+        pipe.enable_model_cpu_offload(device="cpu")
+    cache = tiec_diffusers.enable(pipe, keys=3)
+    if order == "tiec first":
+        pipe.enable_model_cpu_offload(device="cpu")
+    for _ in range(2):
+        assert torch.equal(images(pipe, kwargs(), steps=6), cached)
+    assert cache.encoder_calls == 2 * 2
+    tiec_diffusers.disable(pipe)
+    assert torch.equal(images(pipe, kwargs(), steps=6), reference)
+
+
 @torch.no_grad()
 def test_dpm_solver_sde_with_its_midpoints():
     """DPM-Solver SDE evaluates midpoints between its steps; every step a key stays exact, sparse
