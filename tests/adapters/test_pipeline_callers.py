@@ -249,6 +249,41 @@ def test_diffusers_model_cpu_offload_in_either_order(order):
     assert torch.equal(images(pipe, kwargs(), steps=6), reference)
 
 
+@pytest.mark.parametrize("order", ["offload first", "tiec first"])
+@torch.no_grad()
+def test_accelerate_hooks_on_every_submodule_run_whenever_their_module_runs(order):
+    """Where enable_sequential_cpu_offload puts its hooks (every submodule; on this stack the call
+    itself fails before tiec is involved): each hook's pre_forward runs every time its module
+    runs, cached or not, and the images equal the cached ones without hooks."""
+    pytest.importorskip("accelerate")
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    pipe, kwargs = PIPELINES["sd"]()
+    leaves = [m for m in pipe.unet.modules() if not list(m.children())]
+    hooked, ran = {}, {}
+
+    class Counting(ModelHook):
+        def pre_forward(self, module, *args, **kwargs):
+            hooked[id(module)] = hooked.get(id(module), 0) + 1
+            return args, kwargs
+
+    for module in leaves:
+        module.register_forward_pre_hook(lambda m, args: ran.__setitem__(id(m), ran.get(id(m), 0) + 1))
+    with tiec_diffusers.cached(pipe, keys=3):
+        expected = images(pipe, kwargs(), steps=6)
+    runs, ran = ran, {}  # which modules a cached call runs, and how often
+    if order == "offload first":
+        for module in leaves:
+            add_hook_to_module(module, Counting())
+    cache = tiec_diffusers.enable(pipe, keys=3)
+    if order == "tiec first":
+        for module in leaves:
+            add_hook_to_module(module, Counting())
+    assert torch.equal(images(pipe, kwargs(), steps=6), expected) and cache.encoder_calls == 2
+    assert runs and hooked == ran == runs
+    tiec_diffusers.disable(pipe)
+
+
 @torch.no_grad()
 def test_dpm_solver_sde_with_its_midpoints():
     """DPM-Solver SDE evaluates midpoints between its steps; every step a key stays exact, sparse
