@@ -194,7 +194,7 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
     # a coarse curve, and for each front point the most steps within its MACs (the fair comparison)
     counts = {max(1, round(steps * r)) for r in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)}
     counts |= {max(1, math.floor(steps * scores[c]["mac_ratio"] + 1e-9)) for c in front}
-    for n in sorted(counts - {steps}):
+    for n in sorted(n for n in counts if n < steps):  # a lookahead front point can cost more than the reference
         short = Candidate(tuple(range(n)), "linear", "t", depths[-1])
         row: dict[str, Any] = {}
         for name, inputs in (("psnr_db", cal), ("held_out_psnr_db", hold)):
