@@ -48,6 +48,8 @@ def fitted_table() -> str:
                 linear_t = cell(measured(rows, over_t))
                 if split == "branch 1" and measured(rows, over_t):
                     linear_t += " (over the step index)"
+                elif linear_t == "not run" and row["fit"]["chosen"] == "linear":  # the fitted row kept it
+                    linear_t = f"{row['psnr_db']:.1f} (the fitted row)"
                 lines.append(f"| {label} | {split} | {keys} | {row['mac_ratio']:.2f} | {cell(measured(rows, hold))} | "
                              f"{cell(measured(rows, over_log_sigma)) if over_log_sigma else '–'} | {linear_t} | "
                              f"{row['psnr_db']:.1f} ({row['fit']['chosen']}) | "
