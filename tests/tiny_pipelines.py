@@ -118,10 +118,10 @@ def if_stage_2():
     return pipe, kwargs
 
 
-def dit():
+def dit(attention_head_dim=8):
     torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
-                                        num_layers=3, sample_size=8, patch_size=2,
+    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=attention_head_dim, in_channels=4,
+                                        out_channels=8, num_layers=3, sample_size=8, patch_size=2,
                                         num_embeds_ada_norm=1000).eval()  # DiTPipeline's null label is 1000
     pipe = _quiet(DiTPipeline(transformer=transformer, vae=_vae(), scheduler=ddim()))
 
