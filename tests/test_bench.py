@@ -281,6 +281,8 @@ def test_the_fewer_steps_rows_are_cut_by_step_count(tmp_path):
     ("tiec/every:3/hold", "the tiec rows on keys every:3 have the policies ['linear', 'lookahead'], not 'hold'"),
     ("fewer-steps/9-2", "cut the fewer-steps rows by step count, as fewer-steps/A-B (A <= B)"),
     ("fewer-steps/every:3", "got 'every:3'"),
+    ("peers/nope", "the peers of this grid are ['first-block-cache', 'taylorseer'], not 'nope'"),
+    ("configured", "--part configured runs the rows of --config files; pass at least one --config FILE"),
     ("fewer-steps/40-49", "part 'fewer-steps/40-49' selects no rows; the fewer-steps rows of this grid have the "
                           "step counts [")
 ])

@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.study and (args.speed or args.part or args.config):
         raise UsageError(f"--study {args.study} is a run of its own; drop --speed, --part and --config")
+    if args.part == "configured" and not args.config:
+        raise UsageError("--part configured runs the rows of --config files; pass at least one --config FILE")
     out = writable_folder(folder(args.out))
     command = "tiec " + " ".join(args.argv)
     if args.study:
