@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -28,6 +29,50 @@ def test_neighbours_move_or_drop_one_key_and_keep_step_0():
     assert (0, 3) in neighbours and (0, 1, 6) in neighbours and (0, 3, 8) in neighbours
     assert all(n[0] == 0 and len(set(n)) == len(n) and max(n) < 10 for n in neighbours)
     assert (0, 3, 6) not in neighbours and (3, 6) not in neighbours
+
+
+class Synthetic:
+    """A stand-in evaluator whose PSNR and MACs are set per combination, so the search's choices can
+    be checked: an encoder pass costs 10 at depth 8 and 1 at depth 4, a decoder pass 1; `lookahead`
+    pays for its PSNR with a second encoder pass per key; `hold` is dominated at each depth."""
+
+    policies = ("hold", "linear", "lookahead")
+    name, guidance_scale, depth_option, default_depth = "synthetic-ddim", 2.0, "encoder_blocks", 8
+
+    def __init__(self, *args, **kwargs):
+        self.evaluations = 0
+
+    def depths(self, quick):
+        return [4, 8]
+
+    def inputs(self, count, *, held_out):
+        return count
+
+    def images(self, candidate, inputs, steps=None):
+        self.evaluations += 1
+        if steps is not None:  # fewer steps
+            db, macs = 10 + 2 * steps, 11 * steps
+        elif len(candidate.keys) == 10:  # the reference
+            return torch.zeros(inputs, 1, 2, 2), 110
+        else:
+            passes = len(candidate.keys) * (2 if candidate.policy == "lookahead" else 1)
+            db = ({"hold": 20, "linear": 25, "lookahead": 30}[candidate.policy] + 5 * (candidate.depth == 8)
+                  + 2 * len(candidate.keys) + {"log_sigma": 0.1, "step": 0.2}.get(candidate.coordinate, 0.0))
+            macs = (10 if candidate.depth == 8 else 1) * passes + 10
+        return torch.full((inputs, 1, 2, 2), math.sqrt(10 ** (-db / 10))), macs
+
+
+def test_stage_1_carries_each_probe_fronts_cheap_plain_blend(monkeypatch):
+    """The shallow split ranks below every lookahead at depth 8 and below `linear` at depth 8 (the
+    plain blend carried today), but it is the best at its MACs on each probe schedule, so stage 2
+    searches its schedules too, and the cheapest front point is `linear` at depth 4."""
+    monkeypatch.setattr("tiec.calibrate.search.DemoEvaluator", Synthetic)
+    results = tiec.calibrate.calibrate("dit-digits", "ddim", steps=10, calibration=2, held_out=2, progress=False)
+    carried = [tuple(combo) for combo in results["policy_rank"]]
+    assert carried[:3] == [("lookahead", "step", 8), ("lookahead", "log_sigma", 8), ("lookahead", "t", 8)]
+    assert ("linear", "step", 4) in carried and ("hold", "step", 4) not in carried
+    cheapest = min((r for r in results["candidates"] if r["front"]), key=lambda r: r["macs"])
+    assert (cheapest["policy"], cheapest["depth"]) == ("linear", 4)
 
 
 @pytest.fixture(scope="module")

@@ -64,22 +64,28 @@ def best_uniform(rows: Iterable[dict], macs: int) -> Optional[dict]:
                key=lambda r: decibels(r, "held_out_psnr_db"), default=None)
 
 
-def carried(ranked: list[tuple], count: int) -> list[tuple]:
-    """The combinations stage 1 sends on: the ``count`` best ranked, and the best that does not
-    look ahead when all of those do. Ranks compare PSNR on the same key schedules, where lookahead
-    has paid for extra encoder passes; a plain blend with more keys can beat it at equal MACs.
+def carried(ranked: list[tuple], count: int, fronts: Sequence[Sequence[tuple]] = ()) -> list[tuple]:
+    """The combinations stage 1 sends on: the ``count`` best ranked; the best that does not look
+    ahead when all of those do; and every combination on the front of MACs against PSNR of each
+    probe schedule (``fronts``, cheapest first), in that order, each once. Ranks compare PSNR on
+    the same key schedules, where lookahead has paid for extra encoder passes and a deeper split
+    for more encoder work; a probe's front keeps the combination that is best at its cost, so a
+    plain blend that wins at low MACs is carried even when it ranks last.
 
     Examples:
         >>> carried([("lookahead", "t", 1), ("lookahead-accept", "t", 1), ("linear", "t", 1)], 2)
         [('lookahead', 't', 1), ('lookahead-accept', 't', 1), ('linear', 't', 1)]
         >>> carried([("linear", "t", 1), ("lookahead", "t", 1)], 1)
         [('linear', 't', 1)]
+        >>> ranked = [("lookahead", "t", 8), ("linear", "t", 8), ("hold", "t", 8)]
+        >>> carried(ranked, 1, fronts=[[("hold", "t", 8), ("lookahead", "t", 8)], [("linear", "t", 8)]])
+        [('lookahead', 't', 8), ('linear', 't', 8), ('hold', 't', 8)]
     """
     kept = ranked[:count]
     plain = next((combo for combo in ranked if not combo[0].startswith("lookahead")), None)
     if plain is not None and all(policy.startswith("lookahead") for policy, *_ in kept):
         kept.append(plain)
-    return kept
+    return list(dict.fromkeys([*kept, *(combo for front in fronts for combo in front)]))
 
 
 def front_of(scores: dict[Candidate, dict]) -> list[Candidate]:

@@ -6,7 +6,8 @@ then scores candidate configurations by their counted MACs per image and their P
 reference on the same noise:
 
 1. **policy, coordinate, depth**: every combination of the candidate policies, time coordinates and
-   split depths on two uniform schedules; the best combinations (by mean PSNR rank) go on;
+   split depths on uniform keys every 2, 3 and 5; the best combinations by mean PSNR rank go on,
+   and every combination on one of those schedules' fronts of MACs against PSNR;
 2. **schedules**: for those, uniform keys every 2 to 10 steps, with and without warm-up keys and a
    final key;
 3. **refinement**: the Pareto front's schedules are moved key by key (each key one or two steps
@@ -128,10 +129,11 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
     # 1. policy x coordinate x depth on two uniform schedules
     policies = ["hold", "linear"] if quick else list(evaluator.policies)
     coordinates = ["t", "log_sigma"] if quick else ["t", "log_sigma", "step"]
-    probes = [uniform(k).key_steps(steps) for k in ((2, 3) if quick else (3, 5))]
+    probes = [uniform(k).key_steps(steps) for k in ((2, 3) if quick else (2, 3, 5))]
     combos = list(itertools.product(policies, coordinates, depths))
     with progress_bar(total=len(combos) * len(probes), enabled=progress, desc="policies") as bar:
         ranks: dict[tuple, float] = {combo: 0.0 for combo in combos}
+        fronts = []
         for keys in probes:
             results = []
             for combo in combos:
@@ -139,7 +141,9 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
                 bar.update(1)
             for rank, (_, combo) in enumerate(sorted(results, reverse=True)):
                 ranks[combo] += rank
-    best = carried(sorted(combos, key=lambda combo: ranks[combo]), 1 if quick else 3)
+            probed = {Candidate(keys, *combo): scores[Candidate(keys, *combo)] for combo in combos}
+            fronts.append([(c.policy, c.coordinate, c.depth) for c in front_of(probed)])
+    best = carried(sorted(combos, key=lambda combo: ranks[combo]), 1 if quick else 3, fronts)
 
     # 2. uniform schedules with warm-up and a final key
     everies = (2, 3) if quick else (2, 3, 4, 5, 6, 8, 10)
