@@ -1,20 +1,28 @@
-"""Regenerate the generated tables of docs/benchmarks.md from benchmarks/results: the fitted rows
-beside the fixed rules on the same keys ("Fitted blend weights") and the budget tables ("Budget
-tables"), each between its HTML-comment markers.
+"""Join the pieces in benchmarks/results into each grid's ``<model>-<sampler>.json/.md/.png`` (as
+``tiec bench --part`` does in its own ``--out``), then regenerate the generated tables of
+docs/benchmarks.md from them: the fitted rows beside the fixed rules on the same keys ("Fitted
+blend weights") and the budget tables ("Budget tables"), each between its HTML-comment markers.
 
-    python benchmarks/scripts/benchmark_docs_tables.py   # after new pieces: tiec bench ... --part ...
+    python benchmarks/scripts/benchmark_docs_tables.py   # after copying new pieces into benchmarks/results
 """
 import json
 import re
 from pathlib import Path
 
-from tiec.bench.report import budget_table
+from tiec.bench.report import budget_table, combine, write_results
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 GRIDS = [("dit-digits-dpm", "DiT, DPM-Solver++ 20", "dpm-solver-20"),
          ("unet-digits-dpm", "UNet, DPM-Solver++ 20", "dpm-solver-20"),
          ("dit-digits-ddim", "DiT, DDIM 50", "ddim-50"), ("unet-digits-ddim", "UNet, DDIM 50", "ddim-50")]
+
+
+def join() -> None:
+    """Each grid's pieces of 1,000 samples joined, as the last ``tiec bench --part`` run would."""
+    for stem, _, _ in GRIDS:
+        pieces = [json.loads(path.read_text()) for path in sorted(RESULTS.glob(f"{stem}-part-*.json"))]
+        write_results(combine([p for p in pieces if p["num_samples"] == 1000]), RESULTS, stem)
 
 
 def measured(rows: dict, name: str):
@@ -73,6 +81,7 @@ def put(text: str, marker: str, body: str) -> str:
 
 
 if __name__ == "__main__":
+    join()
     doc = ROOT / "docs" / "benchmarks.md"
     doc.write_text(put(put(doc.read_text(), "fitted table", fitted_table()), "budget tables", budget_tables()))
     print(f"wrote {doc}")
