@@ -126,7 +126,7 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
             scores[candidate] = dict(macs=macs, mac_ratio=macs / reference_macs, psnr_db=psnr(images, reference["cal"]))
         return scores[candidate]
 
-    # 1. policy x coordinate x depth on two uniform schedules
+    # 1. policy x coordinate x depth on the probe schedules (each probe's front is carried too)
     policies = ["hold", "linear"] if quick else list(evaluator.policies)
     coordinates = ["t", "log_sigma"] if quick else ["t", "log_sigma", "step"]
     probes = [uniform(k).key_steps(steps) for k in ((2, 3) if quick else (2, 3, 5))]
