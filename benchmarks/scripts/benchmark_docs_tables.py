@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from tiec.bench.report import budget_table, combine, write_results
+from tiec.bench.report import budget_table, join_pieces, write_results
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -21,8 +21,7 @@ GRIDS = [("dit-digits-dpm", "DiT, DPM-Solver++ 20", "dpm-solver-20"),
 def join() -> None:
     """Each grid's pieces of 1,000 samples joined, as the last ``tiec bench --part`` run would."""
     for stem, _, _ in GRIDS:
-        pieces = [json.loads(path.read_text()) for path in sorted(RESULTS.glob(f"{stem}-part-*.json"))]
-        write_results(combine([p for p in pieces if p["num_samples"] == 1000]), RESULTS, stem)
+        write_results(join_pieces(RESULTS, stem, 1000), RESULTS, stem)
 
 
 def measured(rows: dict, name: str):

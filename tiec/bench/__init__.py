@@ -10,9 +10,9 @@ peers, and speed on full-size architectures.
 """
 
 from .grid import PARTS, SAMPLERS, Method, fewer_steps, method_grid, part_filter
-from .report import combine, markdown_table, write_results
+from .report import combine, join_pieces, markdown_table, write_results
 from .runner import bench_demo
 from .speed import bench_speed
 
-__all__ = ["PARTS", "SAMPLERS", "Method", "bench_demo", "bench_speed", "combine", "fewer_steps", "markdown_table",
-           "method_grid", "part_filter", "write_results"]
+__all__ = ["PARTS", "SAMPLERS", "Method", "bench_demo", "bench_speed", "combine", "fewer_steps", "join_pieces",
+           "markdown_table", "method_grid", "part_filter", "write_results"]

@@ -4,6 +4,7 @@ joined into one result; the machine a run was measured on.
 
 from __future__ import annotations
 
+import json
 import platform
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -14,7 +15,8 @@ from .._errors import TiecValueError
 from .._files import json_text, save_figure, write_atomic
 from .grid import PARTS
 
-__all__ = ["BUDGETS", "budget_table", "combine", "machine", "markdown_table", "plot", "write_results"]
+__all__ = ["BUDGETS", "budget_table", "combine", "join_pieces", "machine", "markdown_table", "plot",
+           "write_results"]
 
 
 def machine() -> dict:
@@ -47,6 +49,23 @@ def combine(pieces: Sequence[dict]) -> dict:
     rows = list(rows.values())
     return {**first, "part": None, "pieces": [p.get("command") for p in ordered],
             "seconds": round(sum(p["seconds"] for p in pieces), 1), "rows": rows}
+
+
+def join_pieces(folder: Path, stem: str, num_samples: int) -> dict:
+    """The pieces ``<stem>-part-*.json`` in ``folder`` with ``num_samples`` samples, joined
+    (:func:`combine`): what ``tiec bench --part`` writes as ``<stem>.json`` after each piece.
+
+    Examples:
+        >>> import tempfile
+        >>> piece = dict(model="m", sampler="s", steps=2, num_samples=4, guidance_scale=1.0, part="tiec",
+        ...              seconds=1.0, command="c", rows=[{"name": "reference"}, {"name": "a"}])
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = (Path(d) / "m-s-part-tiec.json").write_text(json.dumps(piece))
+        ...     [row["name"] for row in join_pieces(Path(d), "m-s", 4)["rows"]]
+        ['reference', 'a']
+    """
+    pieces = [json.loads(path.read_text()) for path in sorted(folder.glob(f"{stem}-part-*.json"))]
+    return combine([piece for piece in pieces if piece["num_samples"] == num_samples])
 
 
 def _fmt(value: Any, spec: str, infinite: bool = False) -> str:

@@ -141,8 +141,8 @@ def calibrate(model: str = "dit-digits", sampler: Optional[str] = None, *, steps
                 bar.update(1)
             for rank, (_, combo) in enumerate(sorted(results, reverse=True)):
                 ranks[combo] += rank
-            probed = {Candidate(keys, *combo): scores[Candidate(keys, *combo)] for combo in combos}
-            fronts.append([(c.policy, c.coordinate, c.depth) for c in front_of(probed)])
+            probed = [Candidate(keys, *combo) for combo in combos]
+            fronts.append([(c.policy, c.coordinate, c.depth) for c in front_of({c: scores[c] for c in probed})])
     best = carried(sorted(combos, key=lambda combo: ranks[combo]), 1 if quick else 3, fronts)
 
     # 2. uniform schedules with warm-up and a final key

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -78,7 +77,7 @@ def piece_stem(stem: str, part: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run ``tiec bench`` with parsed options: one grid, one piece of it (joined with the pieces
     already in ``--out``), or a speed run."""
-    from ..bench import bench_demo, bench_speed, combine, markdown_table, write_results
+    from ..bench import bench_demo, bench_speed, join_pieces, markdown_table, write_results
 
     for name in ("num_samples", "timing_batch", "repeats", "batch_size", "steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -121,8 +120,7 @@ def run(args: argparse.Namespace) -> int:
         # beside the earlier configured pieces instead of replacing them.
         piece = "/".join([args.part, *(path.stem for path in args.config)]) if args.part == "configured" else args.part
         write_results(results, out, piece_stem(stem, piece))
-        pieces = [json.loads(path.read_text()) for path in sorted(out.glob(f"{stem}-part-*.json"))]
-        results = combine([p for p in pieces if p["num_samples"] == results["num_samples"]])
+        results = join_pieces(out, stem, results["num_samples"])
     paths = write_results(results, out, stem)
     if not args.quiet:
         print(markdown_table(results))
